@@ -1,0 +1,3 @@
+from kinetoscope.cli import main
+
+raise SystemExit(main())

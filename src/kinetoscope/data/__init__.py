@@ -1,0 +1,1 @@
+"""Data sources: the synthetic world, manifests, real-video folders and datasets."""

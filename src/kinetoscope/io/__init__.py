@@ -1,0 +1,1 @@
+"""Video and image files in and out (PyAV), and uint8 <-> float conversions."""
