@@ -36,7 +36,7 @@ def test_ruff_is_clean():
 
 def test_every_subcommand_has_help(capsys):
     parser = build_parser()
-    subcommands = parser._subparsers._group_actions[0].choices  # noqa: SLF001
+    subcommands = parser._subparsers._group_actions[0].choices
     assert {"world", "index"} <= set(subcommands)
     for name in subcommands:
         with pytest.raises(SystemExit) as exit_info:
