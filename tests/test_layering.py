@@ -71,8 +71,9 @@ def test_lower_layers_never_import_higher_ones():
         tree = ast.parse(path.read_text(), filename=str(path))
         for top in _imported_tops(tree, path):
             if top in LAYERS and LAYERS[top] > own:
-                violations.append(f"{path.relative_to(PACKAGE)} (layer {own}) imports {top} "
-                                  f"(layer {LAYERS[top]})")
+                violations.append(
+                    f"{path.relative_to(PACKAGE)} (layer {own}) imports {top} (layer {LAYERS[top]})"
+                )
     assert not violations, "\n".join(violations)
 
 
