@@ -14,6 +14,7 @@ LAYERS = {
     "patches": 0,
     "diffusion": 0,
     "io": 0,
+    "checkpoint": 0,
     "vae": 1,
     "dit": 1,
     "text": 1,
