@@ -47,11 +47,12 @@ def _index(args: argparse.Namespace) -> int:
     )
     print(
         f"indexed {report.indexed} files ({report.uncaptioned} without a caption), "
-        f"{report.failed} unreadable"
+        f"{report.failed} unreadable, {report.caption_errors} unusable captions, "
+        f"{report.ignored} other files ignored"
     )
     print(f"manifest: {report.manifest}")
-    if report.failed:
-        print(f"unreadable files and reasons: {report.errors}")
+    if report.failed or report.caption_errors:
+        print(f"problems and their reasons: {report.errors}")
     return 0
 
 
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument(
         "--errors", help="error report to write (default: beside the manifest, .errors.jsonl)"
     )
-    index.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
+    index.add_argument("--workers", type=int, default=0, help="probing threads (0: one per core)")
     index.set_defaults(run=_index)
     return parser
 

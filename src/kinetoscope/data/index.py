@@ -1,0 +1,257 @@
+"""Index a folder of real videos and images into a manifest, with an error report.
+
+`index_folder` walks a folder recursively (sorted, hidden files and folders skipped), probes
+every video and image in parallel, and writes:
+
+- the manifest (JSON Lines, `kinetoscope.data.manifest`), one record per readable file, with
+  its width, height, frame count and fps from the probe, its codec and duration in `extra`,
+  and its caption (if any) as `captions={"original": text}`;
+- an error report (JSON Lines, `{"path": ..., "reason": ...}`, absolute paths), one line per
+  file it could not use. It is always written, empty when nothing failed, so every run leaves evidence.
+
+Captions come from a sidecar `.txt` beside a file (`clip.txt` or `clip.mp4.txt` for
+`clip.mp4`) or from a CSV (header `path,caption`) or JSONL (`{"path": ..., "caption": ...}`)
+file whose paths are relative to the folder. Where both exist, the captions file wins: it is
+the one named on the command line. A file without a caption is still indexed (a captioner can
+fill it in later). A captions-file entry that names no indexed file is written to the error
+report too (reason "caption for a missing file"), but it is counted in
+`IndexReport.caption_errors`, not in `failed`: no media file was lost. So is a sidecar that is
+not UTF-8 text (its file is indexed without a caption).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from kinetoscope.data.manifest import ManifestRecord, write_manifest
+from kinetoscope.io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, probe
+
+MIN_SIDE = 16  # the dataset crops to multiples of 16 and never upscales
+TOO_SMALL = f"smaller than {MIN_SIDE}x{MIN_SIDE}; the dataset never upscales"
+MISSING_FILE = "caption for a missing file"
+NOT_MEDIA = "caption for a file that is not a video or image"
+
+
+@dataclass
+class IndexReport:
+    """What `index_folder` did: counts, and where it wrote the manifest and the error report."""
+
+    indexed: int  # records written to the manifest
+    uncaptioned: int  # of those, how many have no caption yet
+    failed: int  # media files that could not be used (each one is in the error report)
+    manifest: Path
+    errors: Path
+    ignored: int  # files that are neither video nor image (e.g. .json), counted not probed
+    # Captions that could not be used, each in the error report too: a captions-file entry that
+    # names no indexed file, or a sidecar that is not UTF-8 text. No media file is lost.
+    caption_errors: int = 0
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every non-hidden file under `folder`: top-down, each folder's files sorted, then its
+    subfolders sorted, so the same folder always gives the same manifest."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield Path(root) / name
+
+
+def _read_text(path: Path) -> str:
+    """A caption file's text, stripped; `utf-8-sig` so a leading byte-order mark is dropped."""
+    return path.read_text(encoding="utf-8-sig").strip()
+
+
+def read_captions(path: Path, folder: Path) -> dict[Path, str]:
+    """Captions of a CSV (`path,caption` header) or JSONL file, keyed by resolved media path.
+
+    Paths inside the file are relative to `folder` (absolute paths are accepted as they are).
+    A later entry for the same path replaces an earlier one.
+    """
+    if not path.is_file():
+        raise ValueError(f"captions file {path} does not exist; pass a CSV or JSONL of captions")
+    suffix = path.suffix.lower()
+    pairs: list[tuple[str, str]] = []
+    if suffix == ".csv":
+        # The csv module handles quoted fields, so captions may contain commas and newlines.
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            fields = [name.strip() for name in reader.fieldnames or []]
+            if "path" not in fields or "caption" not in fields:
+                raise ValueError(
+                    f"{path}: the first line must be the header `path,caption` (found {fields})"
+                )
+            reader.fieldnames = fields
+            for row in reader:
+                pairs.append((row["path"] or "", row["caption"] or ""))
+    elif suffix in (".jsonl", ".json"):
+        with open(path, encoding="utf-8-sig") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    data = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+                if not isinstance(data, dict) or "path" not in data or "caption" not in data:
+                    raise ValueError(
+                        f'{path}:{number}: each line must be {{"path": ..., "caption": ...}}'
+                    )
+                pairs.append((str(data["path"]), str(data["caption"] or "")))
+    else:
+        raise ValueError(
+            f"captions file {path} must end in .csv (header path,caption) or .jsonl "
+            '(lines of {"path": ..., "caption": ...})'
+        )
+    return {(folder / name.strip()).resolve(): caption.strip() for name, caption in pairs}
+
+
+def _sidecar(media: Path, texts: set[Path]) -> Path | None:
+    """The sidecar caption of `media`: `clip.txt` first, then `clip.mp4.txt`."""
+    for candidate in (media.with_suffix(".txt"), media.with_name(media.name + ".txt")):
+        if candidate in texts:
+            return candidate
+    return None
+
+
+def _probe_one(path: Path) -> tuple[ManifestRecord | None, str | None]:
+    """Probe one file: (record without captions, None) or (None, reason it cannot be used)."""
+    try:
+        info = probe(path)
+    except Exception as error:  # any failure is a report line, never a crash of the whole run
+        reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
+        return None, str(reason)
+    if info.frames < 1:
+        return None, "no frames"
+    if info.width < MIN_SIDE or info.height < MIN_SIDE:
+        return None, f"{info.width}x{info.height} is {TOO_SMALL}"
+    record = ManifestRecord(
+        path=str(path),
+        width=int(info.width),
+        height=int(info.height),
+        frames=int(info.frames),
+        fps=float(info.fps),
+        extra={"codec": info.codec, "duration": float(info.duration)},
+    )
+    return record, None
+
+
+def _write_errors(path: Path, errors: list[tuple[str, str]]) -> Path:
+    """The error report, written atomically like the manifest."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for file, reason in errors:
+            f.write(json.dumps({"path": file, "reason": reason}, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def index_folder(
+    folder: Path,
+    out: Path,
+    *,
+    captions: Path | None = None,
+    errors: Path | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> IndexReport:
+    """Probe every video and image under `folder` and write a manifest and an error report.
+
+    `out` is the manifest (JSON Lines); `errors` defaults to `out` with the suffix
+    `.errors.jsonl`. `captions` is an optional CSV or JSONL of path,caption (paths relative to
+    `folder`). `workers` probing threads (0: one per core). See the module docstring for the
+    rules; the returned `IndexReport` has the counts.
+    """
+    folder, out = Path(folder), Path(out)
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise ValueError(f"{folder} {what}; pass a folder of videos and images")
+    if workers < 0:
+        raise ValueError(f"workers must be 0 (one per core) or more, not {workers}")
+    folder = folder.resolve()
+    errors = Path(errors) if errors is not None else out.with_name(out.stem + ".errors.jsonl")
+    own = {out.resolve(), errors.resolve()}  # our own outputs are not counted as ignored files
+    if captions is not None:
+        own.add(Path(captions).resolve())
+
+    media_extensions = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
+    media: list[Path] = []
+    texts: set[Path] = set()
+    others: list[Path] = []
+    for path in _walk(folder):
+        suffix = path.suffix.lower()
+        if suffix in media_extensions:
+            media.append(path)
+        elif suffix == ".txt":
+            texts.add(path)
+        elif path.resolve() not in own:
+            others.append(path)
+    if not media:
+        raise ValueError(
+            f"no videos or images under {folder}; expected files ending in "
+            f"{', '.join(sorted(media_extensions))}"
+        )
+
+    # Read the captions file first, so a malformed one fails before a long probe.
+    given = read_captions(Path(captions), folder) if captions is not None else {}
+
+    # Probe in threads: the work is file reads and decoding inside PyAV, not Python bytecode.
+    workers = workers or os.cpu_count() or 1
+    bar = tqdm(total=len(media), desc="probing", unit="file", disable=not progress)
+    results: list[tuple[ManifestRecord | None, str | None]] = []
+    with ThreadPoolExecutor(max_workers=min(workers, len(media))) as pool:
+        for result in pool.map(_probe_one, media):
+            results.append(result)
+            bar.update()
+    bar.close()
+
+    records: list[ManifestRecord] = []
+    failures: list[tuple[str, str]] = []
+    caption_errors: list[tuple[str, str]] = []
+    used_sidecars: set[Path] = set()
+    for path, (record, reason) in zip(media, results, strict=True):
+        sidecar = _sidecar(path, texts)
+        if sidecar is not None:
+            used_sidecars.add(sidecar)
+        if record is None:
+            failures.append((str(path), reason or "unknown"))
+            continue
+        text = given.get(path.resolve(), "")
+        if not text and sidecar is not None:
+            try:
+                text = _read_text(sidecar)
+            except UnicodeDecodeError:
+                # The video is fine; only its caption is lost, and the report says so.
+                caption_errors.append((str(sidecar), "caption file is not UTF-8 text"))
+        if text:
+            record.captions = {"original": text}
+        records.append(record)
+
+    # Captions-file entries that match no media file are reported, not counted as failures.
+    known = {path.resolve() for path in media}
+    for path in given:
+        if path not in known:
+            caption_errors.append((str(path), MISSING_FILE if not path.exists() else NOT_MEDIA))
+    # Text files that caption nothing are ordinary non-media files.
+    ignored = len(others) + sum(1 for text in texts if text not in used_sidecars)
+
+    write_manifest(out, records)
+    _write_errors(errors, failures + caption_errors)
+    return IndexReport(
+        indexed=len(records),
+        uncaptioned=sum(1 for record in records if not record.captions),
+        failed=len(failures),
+        manifest=out,
+        errors=errors,
+        ignored=ignored,
+        caption_errors=len(caption_errors),
+    )
