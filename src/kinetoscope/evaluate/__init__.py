@@ -1,0 +1,1 @@
+"""Evaluation: reconstruction metrics, the world benchmark and reports."""
