@@ -56,6 +56,58 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_vae(args: argparse.Namespace) -> int:
+    from kinetoscope.train.vae import train_vae
+
+    summary = train_vae(
+        args.data,
+        args.out,
+        preset=args.preset,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        precision=args.precision,
+        eval_every=args.eval_every,
+        resume=args.resume,
+        seed=args.seed,
+        max_area=args.max_area,
+        max_frames=args.max_frames,
+        crop=args.crop,
+        threads=args.threads,
+    )
+    psnr = summary.get("heldout_psnr")
+    print(
+        f"trained {summary['steps']} steps: final loss {summary['final_loss']:.5f}"
+        + (f", held-out PSNR {psnr:.2f} dB" if psnr is not None else "")
+        + f", {summary['frames_per_second']:.1f} frames/s, {summary['skipped']} clips skipped"
+    )
+    print(f"weights: {args.out}")
+    return 0
+
+
+def _eval_vae(args: argparse.Namespace) -> int:
+    from kinetoscope.evaluate.vae import evaluate_vae
+    from kinetoscope.vae import load_vae
+
+    report = evaluate_vae(
+        load_vae(args.vae),
+        args.data,
+        limit=args.limit,
+        out=args.out,
+        max_area=args.max_area,
+        max_frames=args.max_frames,
+        progress=True,
+    )
+    print(
+        f"{report['clips']} clips: PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.4f}, "
+        f"{report['latent_bits_per_pixel']:.3f} latent bits/pixel, "
+        f"{report['frames_per_second']:.1f} frames/s, {report['skipped']} skipped"
+    )
+    if args.out:
+        print(f"report and examples: {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (also used to test that each one has --help)."""
     parser = argparse.ArgumentParser(
@@ -113,6 +165,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     index.add_argument("--workers", type=int, default=0, help="probing threads (0: one per core)")
     index.set_defaults(run=_index)
+    train_vae = sub.add_parser(
+        "train-vae",
+        help="train the causal video VAE on a manifest of clips",
+        description="Train the causal video VAE on the clips of a manifest (random crops of "
+        "native-size clips). Checkpoints (safetensors + config.json, and the training state) "
+        "go to --out; --resume continues from them exactly.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    train_vae.add_argument("--data", required=True, help="manifest.jsonl of training clips")
+    train_vae.add_argument("--preset", default="world", help="VAE preset: tiny, world or base")
+    train_vae.add_argument("--out", required=True, help="checkpoint folder")
+    train_vae.add_argument("--steps", type=int, required=True, help="optimizer steps in all")
+    train_vae.add_argument("--batch", type=int, default=4, help="clips per step")
+    train_vae.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    train_vae.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16 autocast is faster only on CPUs with native bf16 (AVX512-BF16, AMX) or GPUs",
+    )
+    train_vae.add_argument("--eval-every", type=int, default=250, help="steps between evals")
+    train_vae.add_argument("--resume", action="store_true", help="continue from --out")
+    train_vae.add_argument("--seed", type=int, default=0, help="seed of init, order and crops")
+    train_vae.add_argument("--max-area", type=int, default=256 * 256, help="clip area cap (px)")
+    train_vae.add_argument("--max-frames", type=int, default=9, help="frames per clip (1 + 4k)")
+    train_vae.add_argument("--crop", type=int, default=32, help="random crop side (px)")
+    train_vae.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's choice; use 1 on a machine busy with other "
+        "jobs, where waiting threads slow every small op down)",
+    )
+    train_vae.set_defaults(run=_train_vae)
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="measure a trained model (vae: reconstruction PSNR, SSIM, bits, speed)",
+        description="Evaluate a trained model on a manifest of clips.",
+    )
+    eval_sub = evaluate.add_subparsers(dest="what", metavar="WHAT", required=True)
+    eval_vae = eval_sub.add_parser(
+        "vae",
+        help="reconstruction PSNR, SSIM, latent bits per pixel and throughput of a VAE",
+        description="Reconstruct clips through a trained VAE; print PSNR, SSIM, latent bits "
+        "per pixel and throughput, and with --out write report.json and example GIF/PNGs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    eval_vae.add_argument(
+        "--vae", required=True, help="VAE folder (model.safetensors + config.json) or 'world'"
+    )
+    eval_vae.add_argument("--data", required=True, help="manifest.jsonl of evaluation clips")
+    eval_vae.add_argument("--limit", type=int, help="evaluate only the first N clips")
+    eval_vae.add_argument("--out", help="folder for report.json and examples")
+    eval_vae.add_argument("--max-area", type=int, default=256 * 256, help="clip area cap (px)")
+    eval_vae.add_argument("--max-frames", type=int, default=17, help="frames per clip (1 + 4k)")
+    eval_vae.set_defaults(run=_eval_vae)
     return parser
 
 
