@@ -1,0 +1,222 @@
+"""Checkpoints that users can trust: safetensors weights and a JSON config, nothing pickled.
+
+A model folder holds
+
+    model.safetensors   the state dict (plus any extra tensors, under `extra.`)
+    config.json         {"kind": <config class name>, "version": 1, "config": {...}, "meta": {...}}
+
+so loading is `Model(load_config(folder, Config))` followed by `load_weights(folder, model)`.
+Files are written under temporary names and moved into place with `os.replace`, so a crash
+never leaves a half-written file behind. Training state (optimizer moments, step, random
+generators) is saved the same way with `save_tensors`/`save_json` and the optimizer helpers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+EXTRA = "extra."
+
+C = TypeVar("C")
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict | None = None):
+    """Write a safetensors file atomically. `meta` values are stored as strings."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # safetensors refuses views that share storage; contiguous copies are cheap and safe.
+    tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    tmp = _tmp(path)
+    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (meta or {}).items()})
+    os.replace(tmp, path)
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a safetensors file (on the CPU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist")
+    return load_file(str(path))
+
+
+def save_json(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON atomically, indented for people to read."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_model(
+    folder: str | os.PathLike,
+    model: nn.Module,
+    config: Any,
+    *,
+    extra_tensors: dict[str, Tensor] | None = None,
+    meta: dict | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Save `model`'s state dict and its dataclass `config` into `folder`; return the folder.
+
+    `extra_tensors` go into the same weights file under the prefix `extra.`; `meta` is any
+    JSON-serialisable dict (training command, data seed, metrics) stored beside the config.
+    `dtype` stores the floating-point weights in that type (float16 halves a bundled model;
+    `load_weights` casts them back to the model's own type).
+    """
+    assert dataclasses.is_dataclass(config) and not isinstance(config, type)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = dict(model.state_dict())
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    for name, tensor in (extra_tensors or {}).items():
+        tensors[EXTRA + name] = tensor
+    save_tensors(folder / WEIGHTS, tensors)
+    document = {
+        "kind": type(config).__name__,
+        "version": VERSION,
+        "config": dataclasses.asdict(config),
+        "meta": meta or {},
+    }
+    save_json(folder / CONFIG, document)
+    return folder
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / CONFIG
+    if not path.is_file():
+        raise ValueError(
+            f"{folder} is not a model folder: it lacks {CONFIG} (save one with save_model)"
+        )
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error.msg})") from None
+    if not isinstance(document, dict) or "config" not in document:
+        raise ValueError(f"{path} has no 'config' entry; was it written by save_model?")
+    return document
+
+
+def load_meta(folder: str | os.PathLike) -> dict:
+    """The `meta` dict stored by `save_model`."""
+    return dict(_read_config(Path(folder)).get("meta") or {})
+
+
+def _from_json(tp: Any, value: Any) -> Any:
+    """Turn a JSON value back into the type a dataclass field declares (tuples, dataclasses)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return _build(tp, value, where=tp.__name__)
+    if origin is tuple and isinstance(value, list):
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_json(args[0], v) for v in value)
+        if args and len(args) == len(value):
+            return tuple(_from_json(a, v) for a, v in zip(args, value, strict=True))
+        return tuple(value)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is not type(None) and value is not None:
+                return _from_json(arg, value)
+    return value
+
+
+def _build(cls: type[C], values: dict, where: str) -> C:
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown field(s) {', '.join(unknown)} for {cls.__name__}; the checkpoint "
+            f"was written by another version of the code (known: {', '.join(fields)})"
+        )
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _from_json(hints.get(k, Any), v) for k, v in values.items()})
+
+
+def load_config(folder: str | os.PathLike, cls: type[C]) -> C:
+    """The dataclass config stored in `folder`, checked against `cls`."""
+    folder = Path(folder)
+    document = _read_config(folder)
+    kind = document.get("kind")
+    if kind is not None and kind != cls.__name__:
+        raise ValueError(f"{folder} holds a {kind} checkpoint, not a {cls.__name__} one")
+    version = document.get("version", VERSION)
+    if version > VERSION:
+        raise ValueError(
+            f"{folder} was written by a newer format (version {version}); upgrade kinetoscope"
+        )
+    return _build(cls, document["config"], where=str(folder / CONFIG))
+
+
+def load_weights(folder: str | os.PathLike, model: nn.Module) -> dict[str, Tensor]:
+    """Load `folder`'s weights into `model` (strictly); return the extra tensors saved with them."""
+    path = Path(folder) / WEIGHTS
+    if not path.is_file():
+        raise ValueError(
+            f"{folder} is not a model folder: it lacks {WEIGHTS} (save one with save_model)"
+        )
+    tensors = load_file(str(path))
+    extra = {k[len(EXTRA) :]: v for k, v in tensors.items() if k.startswith(EXTRA)}
+    state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA)}
+    own = model.state_dict()
+    for name, tensor in state.items():
+        if name in own and own[name].shape != tensor.shape:
+            raise ValueError(
+                f"{path} does not match the model: {name} has shape {tuple(tensor.shape)}, the "
+                f"model {tuple(own[name].shape)}; load it with the config stored beside it"
+            )
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not match the model: missing {sorted(missing)[:5]}, unexpected "
+            f"{sorted(unexpected)[:5]}; load it with the config stored beside it"
+        )
+    return extra
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer state as tensors + JSON
+
+
+def optimizer_state_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
+    """Split `optimizer.state_dict()` into flat tensors and a JSON-serialisable rest."""
+    state = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    plain: dict[str, dict] = {}
+    for index, values in state["state"].items():
+        plain[str(index)] = {}
+        for name, value in values.items():
+            if isinstance(value, Tensor):
+                tensors[f"{index}.{name}"] = value
+            else:
+                plain[str(index)][name] = value
+    return tensors, {"state": plain, "param_groups": state["param_groups"]}
+
+
+def optimizer_state_from_tensors(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], rest: dict
+) -> None:
+    """Load what `optimizer_state_to_tensors` produced back into `optimizer`."""
+    state: dict[int, dict] = {int(i): dict(values) for i, values in rest["state"].items()}
+    for key, tensor in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = tensor
+    optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
