@@ -191,3 +191,12 @@ def test_masked_keys_have_no_effect():
     k2[..., [2, 4, 5], :] += 100.0
     v2[..., [2, 4, 5], :] -= 100.0
     torch.testing.assert_close(masked_attention(q, k2, v2, mask), out, rtol=0, atol=1e-6)
+
+
+def test_resolve_precision_picks_a_valid_precision_and_rejects_unknown_names():
+    from kinetoscope.nn import bf16_is_fast, resolve_precision
+
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+    assert resolve_precision("auto") == ("bf16" if bf16_is_fast("cpu") else "fp32")
+    with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32"):
+        resolve_precision("fp16")
