@@ -264,7 +264,7 @@ def test_evaluate_folder(tmp_path):
     assert report["mean"]["overall"] == pytest.approx(
         (good["overall"] + bad["overall"]) / 2, abs=1e-3
     )
-    sheet = Image.open(videos / "world_worst.png")
+    sheet = Image.open(videos / "world_report_worst.png")
     assert sheet.height >= 2 * 72  # one row per video, worst first
     assert any("overall" in line for line in printed)
     with pytest.raises(ValueError, match="none of the"):
@@ -281,3 +281,15 @@ def test_h264_video_scores_near_one(tmp_path, world):
     assert scores["overall"] >= 0.95, scores
     # Against the lossless reference, the codec's softer edges would count as blur.
     assert scores["sharpness"] > score_video(decoded, SPEC)["sharpness"]
+
+
+def test_rendered_suite_references_are_named_for_the_harness_and_score_high(tmp_path):
+    from kinetoscope.evaluate.world import evaluate_folder, render_suite, suite
+
+    entries = suite("heldout")[:3]
+    paths = render_suite(entries, tmp_path, ".mkv")
+    assert [p.name for p in paths] == [f"{e.name}.mkv" for e in entries]
+    report = evaluate_folder(tmp_path, entries, worst=1, log=None)
+    assert report["videos"] == 3 and not report["missing"]
+    assert report["mean"]["overall"] > 0.95
+    assert (tmp_path / "world_report_worst.png").is_file()

@@ -12,7 +12,15 @@ from .scores import (
     score,
     score_video,
 )
-from .suites import SUITE_VERSION, SUITES, SuiteEntry, read_suite, suite, write_suite
+from .suites import (
+    SUITE_VERSION,
+    SUITES,
+    SuiteEntry,
+    read_suite,
+    render_suite,
+    suite,
+    write_suite,
+)
 
 __all__ = [
     "AGREEMENT",
@@ -31,6 +39,7 @@ __all__ = [
     "match_objects",
     "read_suite",
     "reference_analysis",
+    "render_suite",
     "score",
     "score_video",
     "suite",

@@ -91,7 +91,7 @@ def evaluate_folder(
     """Score every video of a folder against its spec; write a report and a contact sheet.
 
     `specs` is a suite file (`write_suite`) or a list of entries. Writes `out` (default
-    `videos/world_report.json`) and, beside it, `world_worst.png` with the `worst` videos
+    `videos/world_report.json`) and, beside it, `<report stem>_worst.png` with the `worst` videos
     of lowest overall score. Returns the report: {"suite_version", "videos", "missing",
     "mean": {score: mean}, "entries": [{"name", "prompt", "video", "scores", "analysis"}]}.
     `log` receives the summary table (None: quiet).
@@ -139,10 +139,14 @@ def evaluate_folder(
     out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     order = sorted(range(len(rows)), key=lambda i: sheet_rows[i][1])[: max(0, worst)]
     if order:
-        contact_sheet([sheet_rows[i] for i in order], out.with_name("world_worst.png"))
+        contact_sheet([sheet_rows[i] for i in order], out.with_name(f"{out.stem}_worst.png"))
     if log is not None:
         log(summary_table(report))
         log(f"{len(rows)} videos scored, {len(missing)} missing; report: {out}")
+        if order:
+            log(
+                f"contact sheet of the {len(order)} worst: {out.with_name(f'{out.stem}_worst.png')}"
+            )
         for i in order[:3]:
             r = rows[i]["scores"]
             parts = " ".join(f"{k} {r[k]:.3f}" for k in SUMMARY if r[k] is not None)

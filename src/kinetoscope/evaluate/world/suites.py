@@ -206,3 +206,23 @@ def read_suite(path: str | os.PathLike) -> list[SuiteEntry]:
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: entry names must be unique (they name the video files)")
     return entries
+
+
+def render_suite(
+    entries: list[SuiteEntry], folder: str | os.PathLike, extension: str = ".mp4"
+) -> list[Path]:
+    """Render each entry's ground-truth video to `folder/<name><extension>`.
+
+    The reference a perfect generator would make: scoring it checks the harness end to end
+    (it scores near 1.0) and shows how to name generated videos for `evaluate_folder`.
+    Images are written as `extension` too; an image extension falls back to .mp4 for videos.
+    """
+    from kinetoscope.data.world import clip_from_scene
+    from kinetoscope.io import IMAGE_EXTENSIONS, write_video
+
+    paths = []
+    for entry in entries:
+        frames = clip_from_scene(entry.spec).frames
+        suffix = ".mp4" if extension in IMAGE_EXTENSIONS and len(frames) > 1 else extension
+        paths.append(write_video(Path(folder) / f"{entry.name}{suffix}", frames, entry.spec.fps))
+    return paths
