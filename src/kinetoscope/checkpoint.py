@@ -45,6 +45,7 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict
     tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
     tmp = _tmp(path)
     save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (meta or {}).items()})
+    os.chmod(tmp, 0o644)  # readable like any other file we write, not private to the writer
     os.replace(tmp, path)
 
 

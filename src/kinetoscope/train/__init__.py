@@ -1,0 +1,1 @@
+"""Training loops (VAE, DiT, captioner), checkpoints and distributed setup."""

@@ -1,0 +1,276 @@
+"""Train the causal video VAE on a manifest of clips.
+
+One readable loop: clips at native size (up to `max_area` and `max_frames`), a random
+spatial crop of at most `crop` pixels per side, gradients accumulated over the clips of a
+step (equal sizes are stacked into one forward), AdamW with warm-up and cosine decay,
+gradient clipping, periodic held-out PSNR and checkpoints that resume to the same state.
+
+Determinism. The clip order is a permutation drawn from (seed, epoch), so the clips of step s
+depend on s alone; crops and posterior noise come from two `torch.Generator`s whose states are
+checkpointed with the optimizer. Resuming after N steps therefore gives exactly the weights of
+an uninterrupted run.
+
+A checkpoint folder holds `model.safetensors` + `config.json` (loadable on their own with
+`load_vae`) and `train_state/` (optimizer moments, generator states and step, as safetensors
+and JSON; nothing pickled).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from kinetoscope.checkpoint import (
+    load_config,
+    load_tensors,
+    load_weights,
+    optimizer_state_from_tensors,
+    optimizer_state_to_tensors,
+    save_json,
+    save_model,
+    save_tensors,
+)
+from kinetoscope.data.dataset import ClipDataset, collate_clips
+from kinetoscope.data.manifest import read_manifest
+from kinetoscope.vae import VAE_PRESETS, VAEConfig, VideoVAE, compute_latent_stats, load_vae
+from kinetoscope.vae.losses import VAELossConfig, psnr, vae_loss
+
+__all__ = ["heldout_psnr", "load_vae", "train_vae"]  # load_vae: re-exported for convenience
+
+log = logging.getLogger("kinetoscope.train")
+
+PRECISIONS = ("fp32", "bf16")
+STATE = "train_state"
+
+
+def _learning_rate(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of `lr` at the last step."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _order(count: int, seed: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(count, generator=generator).tolist()
+
+
+def _crop(video: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:
+    """A random crop of at most `crop` pixels per side (sizes stay multiples of 16)."""
+    _, _, height, width = video.shape  # 3 T H W
+    h, w = min(height, crop), min(width, crop)
+    top = int(torch.randint(height - h + 1, (1,), generator=generator)) // 16 * 16
+    left = int(torch.randint(width - w + 1, (1,), generator=generator)) // 16 * 16
+    return video[:, :, top : top + h, left : left + w]
+
+
+def _save(
+    out: Path,
+    vae: VideoVAE,
+    optimizer: torch.optim.Optimizer,
+    generators: dict[str, torch.Generator],
+    state: dict,
+    meta: dict,
+) -> None:
+    save_model(out, vae, vae.config, meta=meta)
+    tensors, rest = optimizer_state_to_tensors(optimizer)
+    for name, generator in generators.items():
+        tensors[f"generator.{name}"] = generator.get_state()
+    save_tensors(out / STATE / "optimizer.safetensors", tensors)
+    save_json(out / STATE / "state.json", {**state, "optimizer": rest})
+
+
+@torch.no_grad()
+def heldout_psnr(vae: VideoVAE, videos: list[torch.Tensor], chunk_frames: int = 8) -> float:
+    """Mean PSNR (dB) of the reconstructions (posterior mean) of `videos` (`3 T H W` each)."""
+    was_training = vae.training
+    vae.eval()
+    scores = []
+    for video in videos:
+        latents = vae.encode(video[None], chunk_frames=chunk_frames)
+        scores.append(psnr(vae.decode(latents, chunk_frames=chunk_frames // 4)[0], video))
+    vae.train(was_training)
+    return sum(scores) / max(1, len(scores))
+
+
+def train_vae(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    preset: str = "world",
+    steps: int = 1000,
+    batch: int = 4,
+    lr: float = 1e-3,
+    precision: str = "fp32",
+    eval_every: int = 250,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    max_area: int = 256 * 256,
+    max_frames: int = 9,
+    crop: int = 32,
+    warmup: int = 100,
+    holdout: int = 8,
+    stats_clips: int = 64,
+    loss_config: VAELossConfig | None = None,
+    stop_at: int | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train a VAE of `preset` on the clips of manifest `data`; write checkpoints to `out`.
+
+    `holdout` clips at the end of the manifest are kept out of training for the periodic
+    PSNR. At the end, latent statistics on up to `stats_clips` training clips are stored with
+    the weights. `precision="bf16"` runs forward and backward under bf16 autocast (a speed-up
+    only on CPUs with native bf16, such as AVX512-BF16 or AMX; elsewhere fp32 is faster).
+    `stop_at` ends this run early at that step, with a checkpoint to `resume` from later (the
+    schedule still runs over `steps`). Returns a summary dict (steps, final loss, held-out
+    PSNR, wall time, skipped clips).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if preset not in VAE_PRESETS:
+        raise ValueError(f"unknown VAE preset {preset!r}; choose one of {sorted(VAE_PRESETS)}")
+    if steps < 1 or batch < 1 or eval_every < 1:
+        raise ValueError("steps, batch and eval_every must be at least 1")
+    if crop < 16 or crop % 16:
+        raise ValueError(f"crop must be a positive multiple of 16, got {crop}")
+    if threads:
+        torch.set_num_threads(threads)
+    checkpoint_every = checkpoint_every or eval_every
+    loss_config = loss_config or VAELossConfig()
+    out = Path(out)
+
+    # 1. Data: training clips and a held-out few for PSNR.
+    records = read_manifest(data)
+    holdout = min(holdout, len(records) - 1)
+    train_records, held_records = records[: len(records) - holdout], records[-holdout:]
+    dataset = ClipDataset(train_records, max_area=max_area, max_frames=max_frames, seed=seed)
+    held_videos = []
+    if holdout > 0:
+        held = ClipDataset(
+            held_records, max_area=max_area, max_frames=max_frames, temporal_crop="start"
+        )
+        held_videos = [item["video"] for item in map(held.__getitem__, range(holdout)) if item]
+
+    # 2. Model, optimizer, generators; or all of them from a checkpoint.
+    state = {"step": 0, "skipped": 0, "frames": 0, "seconds": 0.0, "history": []}
+    crop_generator = torch.Generator().manual_seed(seed)
+    noise_generator = torch.Generator().manual_seed(seed + 1)
+    generators = {"crop": crop_generator, "noise": noise_generator}
+    resuming = resume and (out / STATE / "state.json").is_file()
+    if resuming:
+        vae = VideoVAE(load_config(out, VAEConfig))
+        load_weights(out, vae)
+    else:
+        torch.manual_seed(seed)
+        vae = VideoVAE(VAE_PRESETS[preset])
+    vae.train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    if resuming:
+        saved = json.loads((out / STATE / "state.json").read_text())
+        tensors = load_tensors(out / STATE / "optimizer.safetensors")
+        for name, generator in generators.items():
+            generator.set_state(tensors.pop(f"generator.{name}"))
+        optimizer_state_from_tensors(optimizer, tensors, saved.pop("optimizer"))
+        state.update(saved)
+        log.info("resumed from %s at step %d", out, state["step"])
+    meta = {
+        "preset": preset,
+        "data": str(data),
+        "seed": seed,
+        "batch": batch,
+        "lr": lr,
+        "precision": precision,
+        "max_area": max_area,
+        "max_frames": max_frames,
+        "crop": crop,
+        "loss": asdict(loss_config),
+    }
+
+    # 3. The loop.
+    bar = tqdm(total=steps, initial=state["step"], desc="train-vae", disable=not progress)
+    loss_value = state.get("loss", float("nan"))
+    last_psnr = state["history"][-1]["psnr"] if state["history"] else None
+    while state["step"] < steps:
+        if stop_at is not None and state["step"] >= stop_at:
+            _save(out, vae, optimizer, generators, state, meta)
+            bar.close()
+            return {"steps": state["step"], "stopped": True}
+        step = state["step"]
+        start = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, steps, lr, warmup)
+        # Clips of this step: positions step*batch .. step*batch+batch-1 of the epoch stream.
+        items = []
+        for position in range(step * batch, (step + 1) * batch):
+            epoch, offset = divmod(position, len(dataset))
+            dataset.set_epoch(epoch)
+            items.append(dataset[_order(len(dataset), seed, epoch)[offset]])
+        clips = collate_clips(items)
+        state["skipped"] += clips["skipped"]
+        videos = [_crop(video, crop, crop_generator) for video in clips["videos"]]
+        optimizer.zero_grad(set_to_none=True)
+        # Equal sizes go through one forward; each group's loss is weighted by its share.
+        groups: dict[tuple, list[torch.Tensor]] = {}
+        for video in videos:
+            groups.setdefault(tuple(video.shape), []).append(video)
+        loss_value = 0.0
+        for group in groups.values():
+            x = torch.stack(group)  # B 3 T H W
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                output = vae(x, generator=noise_generator)
+            loss, _ = vae_loss(output, x, loss_config)
+            (loss * len(group) / len(videos)).backward()
+            loss_value += loss.item() * len(group) / len(videos)
+        if videos:
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            optimizer.step()
+        frames = sum(v.shape[1] for v in videos)
+        seconds = time.perf_counter() - start
+        state["step"] = step + 1
+        state["loss"] = loss_value
+        state["frames"] += frames
+        state["seconds"] += seconds
+        if state["step"] % eval_every == 0 or state["step"] == steps:
+            last_psnr = heldout_psnr(vae, held_videos) if held_videos else None
+            state["history"].append({"step": state["step"], "loss": loss_value, "psnr": last_psnr})
+            log.info("step %d loss %.5f held-out psnr %s", state["step"], loss_value, last_psnr)
+        if state["step"] % checkpoint_every == 0 and state["step"] < steps:
+            _save(out, vae, optimizer, generators, state, meta)
+        postfix = {"loss": f"{loss_value:.4f}", "frames/s": f"{frames / seconds:.1f}"}
+        if last_psnr is not None:
+            postfix["psnr"] = f"{last_psnr:.2f}"
+        if state["skipped"]:
+            postfix["skipped"] = state["skipped"]
+        bar.set_postfix(postfix)
+        bar.update(1)
+    bar.close()
+
+    # 4. Latent statistics on training clips, stored with the weights.
+    vae.eval()
+    stats_generator = torch.Generator().manual_seed(seed)
+    items = map(dataset.__getitem__, range(min(stats_clips, len(dataset))))
+    clips = (_crop(item["video"], crop, stats_generator) for item in items if item)
+    shift, scale = compute_latent_stats(vae, clips, chunk_frames=8)
+    vae.latent_shift.copy_(shift)
+    vae.latent_scale.copy_(scale)
+    summary = {
+        "steps": state["step"],
+        "final_loss": loss_value,
+        "heldout_psnr": last_psnr,
+        "train_seconds": state["seconds"],
+        "frames_per_second": state["frames"] / max(state["seconds"], 1e-9),
+        "skipped": state["skipped"],
+    }
+    _save(out, vae, optimizer, generators, state, {**meta, **summary})
+    return summary

@@ -1,0 +1,120 @@
+"""Training and evaluating the VAE: exact resume, corrupt clips, metrics, CLI smoke tests."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from kinetoscope.cli import main
+from kinetoscope.data.manifest import ManifestRecord, read_manifest, write_manifest
+from kinetoscope.data.world import WorldConfig, write_world
+from kinetoscope.evaluate.vae import latent_bits_per_pixel, ssim
+from kinetoscope.train.vae import load_vae, train_vae
+from kinetoscope.vae import VAE_PRESETS, VideoVAE
+from kinetoscope.vae.losses import psnr
+
+SMALL = WorldConfig(min_side=32, max_side=64, aspect_ratios=("1:1", "2:1"), max_frames=9)
+TRAIN = {"preset": "tiny", "batch": 2, "crop": 32, "max_frames": 5, "holdout": 1}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """Six small world clips and a manifest."""
+    out = tmp_path_factory.mktemp("world")
+    return write_world(out, clips=6, seed=5, config=SMALL, workers=1, progress=False).manifest
+
+
+def _state(folder: Path) -> dict[str, torch.Tensor]:
+    return load_vae(folder).state_dict()
+
+
+def test_resume_after_n_steps_equals_an_uninterrupted_run(world, tmp_path):
+    run = {**TRAIN, "steps": 4, "eval_every": 2, "stats_clips": 2, "progress": False}
+    whole = train_vae(world, tmp_path / "whole", **run)
+    stopped = train_vae(world, tmp_path / "parts", stop_at=2, **run)
+    assert stopped == {"steps": 2, "stopped": True}
+    assert (tmp_path / "parts" / "train_state" / "optimizer.safetensors").is_file()
+    resumed = train_vae(world, tmp_path / "parts", resume=True, **run)
+    a, b = _state(tmp_path / "whole"), _state(tmp_path / "parts")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert resumed["final_loss"] == whole["final_loss"]
+    assert resumed["heldout_psnr"] == whole["heldout_psnr"]
+    # The latent statistics were measured and stored with the weights.
+    assert not torch.equal(a["latent_scale"], torch.ones_like(a["latent_scale"]))
+
+
+def test_corrupt_clips_are_counted_not_fatal(world, tmp_path):
+    records = read_manifest(world)
+    bad = tmp_path / "broken.mkv"
+    bad.write_bytes(b"not a video at all" * 10)
+    records.insert(0, ManifestRecord(path=str(bad), width=32, height=32, frames=5, fps=8.0))
+    manifest = write_manifest(tmp_path / "manifest.jsonl", records)
+    summary = train_vae(
+        manifest, tmp_path / "run", steps=4, eval_every=4, stats_clips=2, progress=False, **TRAIN
+    )
+    assert summary["skipped"] >= 1
+    assert math.isfinite(summary["final_loss"])
+
+
+def test_bad_arguments_are_user_errors(world, tmp_path):
+    with pytest.raises(ValueError, match="unknown VAE preset"):
+        train_vae(world, tmp_path, preset="huge", steps=1)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        train_vae(world, tmp_path, precision="fp8", steps=1)
+
+
+def test_ssim_and_psnr_behave():
+    torch.manual_seed(0)
+    video = torch.rand(3, 5, 32, 32) * 2 - 1
+    assert ssim(video, video) == pytest.approx(1.0, abs=1e-5)
+    assert psnr(video, video) == math.inf
+    slightly = (video + 0.02 * torch.randn_like(video)).clamp(-1, 1)
+    badly = (video + 0.3 * torch.randn_like(video)).clamp(-1, 1)
+    assert 1.0 > ssim(slightly, video) > ssim(badly, video) > 0.0
+    assert ssim(slightly, video) == pytest.approx(ssim(video, slightly), abs=1e-6)
+    assert psnr(slightly, video) > psnr(badly, video)
+    # A constant offset keeps the structure: SSIM stays far above that of noise of equal MSE.
+    offset = (video * 0.8 + 0.1).clamp(-1, 1)
+    assert ssim(offset, video) > ssim(badly, video)
+    with pytest.raises(ValueError, match="same shape"):
+        ssim(video, video[:, :1])
+
+
+def test_latent_bits_per_pixel():
+    vae = VideoVAE(VAE_PRESETS["world"])  # 16 channels, 4x8x8
+    assert latent_bits_per_pixel(vae, 17, 64, 64) == pytest.approx(
+        16 * 5 * 8 * 8 * 16 / (17 * 64 * 64)
+    )
+    assert latent_bits_per_pixel(vae, 1, 64, 64) == pytest.approx(16 * 16 / 64)
+
+
+def test_cli_train_vae_and_eval_vae(world, tmp_path, capsys):
+    out = tmp_path / "vae"
+    code = main(
+        ["train-vae", "--data", str(world), "--preset", "tiny", "--out", str(out),
+         "--steps", "2", "--batch", "2", "--eval-every", "2", "--max-frames", "5"]
+    )  # fmt: skip
+    assert code == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    assert {"model.safetensors", "config.json"} <= {p.name for p in out.iterdir()}
+    report_dir = tmp_path / "report"
+    code = main(
+        ["eval", "vae", "--vae", str(out), "--data", str(world), "--limit", "3",
+         "--out", str(report_dir), "--max-frames", "5"]
+    )  # fmt: skip
+    assert code == 0
+    assert "PSNR" in capsys.readouterr().out
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["clips"] == 3 and math.isfinite(report["psnr"]) and 0 < report["ssim"] <= 1
+    assert (report_dir / "example-0.gif").stat().st_size > 0
+    assert (report_dir / "example-0.png").stat().st_size > 0
+
+
+def test_cli_reports_a_missing_manifest(tmp_path, capsys):
+    code = main(["eval", "vae", "--vae", str(tmp_path), "--data", str(tmp_path / "none.jsonl")])
+    assert code == 2
+    assert "error" in capsys.readouterr().err
