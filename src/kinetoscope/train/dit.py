@@ -1,0 +1,754 @@
+"""Train the diffusion transformer on a manifest of clips: one loop, one process or many.
+
+    train_dit("world/manifest.jsonl", "runs/dit", preset="tiny", steps=1000, vae="runs/vae")
+    torchrun --nproc_per_node=2 -m kinetoscope train --data ... --out ...   # the same loop, DDP
+
+Steps, in the order the loop takes them:
+
+1. Latents. Clips are read at native size (`ClipDataset`, window at the start), encoded once
+   by the frozen VAE into a latent cache on disk (`train/latents.py`; each rank encodes its
+   share), then read back as normalised posterior means (c, t, h, w).
+2. Batches. `TokenBudgetBatchSampler` groups clips by token count into `sequences_per_batch`
+   sequences of `token_budget` tokens; rank r takes every world_size-th batch and a step
+   accumulates `accumulate` of them, so a global step sees world_size x accumulate batches.
+3. Conditioning. Captions (one random level per clip and epoch) are replaced by the empty
+   prompt with probability `caption_dropout` (for classifier-free guidance); with probability
+   `given_prob` a video keeps a prefix or suffix of its latent frames clean (timestep 0, no
+   loss), so the same model later does image-to-video and extension.
+4. Flow. A logit-normal timestep per sample, shifted by its token count (SD3), noise, the
+   rectified-flow interpolation and velocity target (`kinetoscope.diffusion`).
+5. Loss. Mean squared error over the non-given tokens of a batch: every token counts the same,
+   so a long video weighs more than a still image, as its tokens carry more to learn; a step
+   averages its batches (and DDP its ranks) with equal weight.
+6. Update. bf16 autocast forward, fp32 loss and weights, gradient clipping, AdamW with linear
+   warm-up then a constant rate (DiT, SD3), and an EMA of the weights for sampling. A step
+   whose loss or gradient norm is not finite on any rank is skipped by all of them, counted
+   and logged.
+
+Determinism. Every random draw of a batch (dropout, given frames, timesteps, noise) comes from
+a generator seeded by (seed, epoch, the batch's index in the epoch), and the sampler's place is
+checkpointed, so `resume` continues with exactly the batches and draws an uninterrupted run
+would take. The draws do not depend on the world size either: one process with
+`accumulate=2` sees the same global batches as two ranks with `accumulate=1`.
+
+Output folder:
+
+    checkpoint/model/   DiT weights being trained (model.safetensors + config.json)
+    checkpoint/ema/     their EMA: the weights to sample from (load with `load_dit`)
+    checkpoint/train_state/  optimizer moments (safetensors) and loop state (JSON)
+    vae/                the VAE the latents came from, so the folder is self-contained
+    metrics.jsonl       one JSON line per step; loss.png, the loss curve
+    previews/           step-NNNNNN-K.mp4 from fixed prompts and seeds (EMA weights)
+
+A checkpoint is written into a fresh folder and swapped in with renames, so a crash leaves
+the previous one whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from kinetoscope.checkpoint import (
+    load_config,
+    load_tensors,
+    load_weights,
+    optimizer_state_from_tensors,
+    optimizer_state_to_tensors,
+    save_json,
+    save_model,
+    save_tensors,
+)
+from kinetoscope.data.dataset import ClipDataset
+from kinetoscope.diffusion import (
+    flow_loss,
+    guided,
+    interpolate,
+    sample_euler,
+    timestep_schedule,
+    token_shift,
+    token_timesteps,
+    training_timesteps,
+    velocity_target,
+)
+from kinetoscope.dit import DIT_PRESETS, DiT, DiTConfig
+from kinetoscope.io import to_uint8, write_video
+from kinetoscope.patches import PackedBatch, TokenBudgetBatchSampler, item_tokens, pack, unpack
+from kinetoscope.text import EmbeddingCache, load_text_encoder
+from kinetoscope.text.base import TextEncoder
+from kinetoscope.train.latents import LatentCache
+from kinetoscope.train.vae import load_vae
+from kinetoscope.vae import VideoVAE
+
+log = logging.getLogger("kinetoscope.train")
+
+PRECISIONS = ("fp32", "bf16")
+STATE = "train_state"
+CHECKPOINT = "checkpoint"
+# The bundled world VAE, shipped as package data beside the code.
+BUNDLED_VAE = Path(__file__).resolve().parents[1] / "weights" / "world-vae"
+
+
+@dataclass
+class DiTTrainConfig:
+    """Everything that decides a DiT training run; stored in the checkpoint's state."""
+
+    preset: str = "tiny"  # transformer size (DIT_PRESETS); in/out widths follow VAE and text
+    steps: int = 1000  # optimizer steps in all (the schedule's length)
+    lr: float = 1e-4  # AdamW peak rate: DiT's constant 1e-4; tiny models take 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW defaults, as DiT and SD3 train
+    weight_decay: float = 0.0  # DiT trains without it
+    warmup: int = 100  # linear warm-up steps: adaLN-Zero starts calm, Adam's moments do not
+    grad_clip: float = 1.0  # max global gradient norm; rare spikes stay harmless
+    ema_decay: float = 0.999  # EMA of the weights for sampling (ramped in, see _ema_decay)
+    token_budget: int | None = None  # tokens per sequence; None: the longest clip's count
+    sequences_per_batch: int = 1  # sequences per batch (and forward) on each rank
+    accumulate: int = 1  # batches per step per rank (gradient accumulation)
+    precision: str = "bf16"  # bf16 autocast: 1.6x on the development CPU, and GPU-native
+    caption_dropout: float = 0.1  # empty-prompt rate for classifier-free guidance (Ho 2022)
+    given_prob: float = 0.1  # rate of videos with clean given frames (image-to-video, extend)
+    max_area: int = 256 * 256  # pixel area cap of a clip (larger ones are downscaled)
+    max_frames: int = 17  # frames per clip (1 + 4k): 5 latent frames with the 4x VAE
+    fps: float | None = None  # resample clips to this rate; None keeps each clip's
+    text_encoder: str | None = None  # "tiny", "minilm" or a folder; None: by preset
+    gradient_checkpointing: bool = False  # recompute blocks in backward: less memory
+    seed: int = 0  # init, data order and every random draw
+    checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
+    preview_every: int = 500  # steps between preview videos; 0 turns them off
+    preview_prompts: tuple[str, ...] = ()  # fixed prompts; empty: the first clips' captions
+    preview_count: int = 2  # previews when the prompts come from the data
+    preview_steps: int = 20  # Euler steps per preview
+    preview_guidance: float = 4.0  # classifier-free guidance scale of previews
+    threads: int | None = None  # CPU threads (torch.set_num_threads); None: torch's default
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        self.preview_prompts = tuple(self.preview_prompts)
+        if self.preset not in DIT_PRESETS:
+            raise ValueError(
+                f"unknown DiT preset {self.preset!r}; choose one of {list(DIT_PRESETS)}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("steps", "sequences_per_batch", "accumulate", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("caption_dropout", "given_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.lr <= 0 or self.warmup < 0 or self.grad_clip <= 0 or self.preview_every < 0:
+            raise ValueError("lr and grad_clip must be positive, warmup and preview_every >= 0")
+        if self.token_budget is not None and self.token_budget < 1:
+            raise ValueError(f"token_budget must be positive or None, got {self.token_budget}")
+
+
+# Fields that fix the data order and the draws: a resumed run must keep them.
+RESUME_FIELDS = (
+    "preset", "seed", "token_budget", "sequences_per_batch", "accumulate", "max_area",
+    "max_frames", "fps", "caption_dropout", "given_prob", "text_encoder",
+)  # fmt: skip
+
+
+def load_dit(folder: str | os.PathLike) -> DiT:
+    """A DiT from a model folder (e.g. `out/checkpoint/ema`), in eval mode."""
+    dit = DiT(load_config(folder, DiTConfig))
+    load_weights(folder, dit)
+    return dit.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed setup: world size 1 is the same program
+
+
+@dataclass
+class Distributed:
+    """This process's place in the run: rank, world size and device."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    started_here: bool  # whether this call created the process group (and so ends it)
+
+    def all_reduce(self, value: Tensor, op: str = "sum") -> Tensor:
+        """`value` reduced over ranks (sum, min or max); itself at world size 1."""
+        if self.world_size > 1:
+            ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+            dist.all_reduce(value, op=ops[op])
+        return value
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def setup_distributed() -> Distributed:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, ...), if any.
+
+    NCCL on GPUs, gloo on CPUs. Without torchrun's variables this is world size 1 on one device.
+    """
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if dist.is_available() and dist.is_initialized():
+        return Distributed(dist.get_rank(), dist.get_world_size(), device, started_here=False)
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size == 1:
+        return Distributed(0, 1, device, started_here=False)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), device, started_here=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers of the loop
+
+
+def _learning_rate(step: int, lr: float, warmup: int) -> float:
+    """Linear warm-up to `lr`, then constant (DiT and SD3 train at a constant rate)."""
+    return lr * min(1.0, (step + 1) / warmup) if warmup else lr
+
+
+def _ema_decay(step: int, decay: float) -> float:
+    """`decay`, ramped in as (1 + n) / (10 + n) so early EMA weights are not mostly init."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+def _batch_seed(seed: int, epoch: int, number: int) -> int:
+    """Seed of the draws of batch `number` of `epoch`: the same on any rank and world size."""
+    key = f"{seed}:{epoch}:{number}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of a model's parameters, to compare ranks and runs bit for bit."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class TrainBatch:
+    """One batch ready for the DiT: packed clean tokens, their noisy version and the target."""
+
+    packed: PackedBatch
+    x_t: Tensor  # (N, L, Din) noisy tokens; given tokens are clean
+    t: Tensor  # (N, L) per-token timesteps; 0 on given tokens and padding
+    target: Tensor  # (N, L, Din) velocity noise - x0
+    text: Tensor  # (B, S, Dtxt) one caption per sample
+    text_mask: Tensor  # (B, S) bool
+    captions: list[str]  # after dropout ("" where dropped)
+
+
+def make_batch(
+    latents: list[Tensor],
+    captions: list[str],
+    text: TextEncoder,
+    generator: torch.Generator,
+    *,
+    token_budget: int,
+    sequences: int,
+    patch: tuple[int, int, int],
+    caption_dropout: float,
+    given_prob: float,
+) -> TrainBatch:
+    """Pack latents (c, t, h, w) with their captions into a training batch, drawing from
+    `generator` in a fixed order (dropout, given frames, timesteps, noise)."""
+    n = len(latents)
+    dropped = torch.rand(n, generator=generator) < caption_dropout
+    captions = ["" if drop else caption for drop, caption in zip(dropped, captions, strict=True)]
+    # Given frames: a prefix (image-to-video, extension forward) or a suffix (extension
+    # backward) of 1 .. gt-1 temporal patches; a sample always keeps some tokens to learn.
+    wants, sides, fractions = torch.rand(3, n, generator=generator)  # (n,) each
+    given_frames: list[list[int] | None] = []
+    for i, latent in enumerate(latents):
+        patches = latent.shape[1] // patch[0]  # gt
+        if patches < 2 or not bool(wants[i] < given_prob):
+            given_frames.append(None)
+            continue
+        k = 1 + int(fractions[i] * (patches - 1))  # 1 .. gt-1 patches
+        frames = range(k * patch[0])
+        given_frames.append(list(frames) if sides[i] < 0.5 else [-1 - f for f in frames])
+    packed = pack(latents, token_budget, patch, given_frames, num_sequences=sequences)
+    t = training_timesteps(packed.lengths, generator=generator)  # (B,) shifted by length
+    t_tok = token_timesteps(t, packed.sample_index, packed.given_mask)  # (N, L)
+    noise = torch.randn(packed.tokens.shape, generator=generator)  # (N, L, Din)
+    x_t = interpolate(packed.tokens, noise, t_tok)
+    emb, mask = text.encode(captions)  # (B, S, Dtxt), (B, S)
+    return TrainBatch(
+        packed, x_t, t_tok, velocity_target(packed.tokens, noise), emb, mask, captions
+    )
+
+
+@torch.no_grad()
+def sample_previews(
+    dit: DiT,
+    vae: VideoVAE,
+    text: TextEncoder,
+    prompts: list[str],
+    latent_size: tuple[int, int, int],
+    *,
+    seed: int = 0,
+    steps: int = 20,
+    guidance: float = 4.0,
+    device: torch.device | str = "cpu",
+) -> list[Tensor]:
+    """Videos (3, T, H, W) in [-1, 1] from `prompts`: Euler steps over a packed noise grid of
+    `latent_size` (t, h, w) per prompt, with classifier-free guidance, decoded by `vae`."""
+    generator = torch.Generator().manual_seed(seed)
+    c = dit.config.latent_channels
+    noise = [torch.randn(c, *latent_size, generator=generator) for _ in prompts]
+    packed = pack(noise, patch=dit.config.patch).to(device)  # one sequence per prompt
+    emb, mask = (x.to(device) for x in text.encode(prompts))
+    empty, empty_mask = (x.to(device) for x in text.empty())
+    uncond = empty.expand(len(prompts), -1, -1), empty_mask.expand(len(prompts), -1)
+    shift = packed.per_token(token_shift(torch.tensor(packed.lengths)).to(device), fill=1.0)
+    schedule = timestep_schedule(steps, shift)  # (steps + 1, N, L), each sample its own shift
+
+    def velocity(embeddings: Tensor, embeddings_mask: Tensor):
+        return lambda x, t: dit.forward_packed(x, t, packed, embeddings, embeddings_mask)
+
+    tokens = sample_euler(
+        guided(velocity(emb, mask), velocity(*uncond), guidance), packed.tokens, schedule
+    )
+    return [vae.decode(z[None])[0] for z in unpack(packed, tokens)]  # 3 T H W each
+
+
+def plot_loss(metrics: str | os.PathLike, path: str | os.PathLike, size=(640, 360)) -> Path:
+    """Draw the loss curve of a metrics JSON Lines file into a PNG with Pillow (log-scale y):
+    each step's loss in grey, a running mean in blue."""
+    from PIL import Image, ImageDraw
+
+    rows = [json.loads(line) for line in Path(metrics).read_text().splitlines() if line.strip()]
+    points = [(r["step"], r["loss"]) for r in rows if r.get("loss") and math.isfinite(r["loss"])]
+    points = [(s, loss) for s, loss in points if loss > 0]
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    width, height = size
+    left, right, top, bottom = 60, 15, 15, 30
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    if points:
+        steps = [s for s, _ in points]
+        logs = [math.log10(loss) for _, loss in points]
+        lo, hi = min(logs), max(logs)
+        hi = hi if hi > lo else lo + 1e-3
+        s0, s1 = steps[0], max(steps[-1], steps[0] + 1)
+
+        def xy(step: float, value: float) -> tuple[float, float]:
+            x = left + (step - s0) / (s1 - s0) * (width - left - right)
+            y = height - bottom - (value - lo) / (hi - lo) * (height - top - bottom)
+            return x, y
+
+        raw = [xy(s, v) for s, v in zip(steps, logs, strict=True)]
+        smooth, mean = [], logs[0]
+        for s, v in zip(steps, logs, strict=True):
+            mean = 0.9 * mean + 0.1 * v
+            smooth.append(xy(s, mean))
+        draw.line(raw if len(raw) > 1 else raw * 2, fill=(180, 180, 180), width=1)
+        draw.line(smooth if len(smooth) > 1 else smooth * 2, fill=(30, 90, 200), width=2)
+        draw.text((4, top), f"{10**hi:.3g}", fill="black")
+        draw.text((4, height - bottom - 10), f"{10**lo:.3g}", fill="black")
+        draw.text((left, height - bottom + 8), f"step {s0}", fill="black")
+        draw.text((width - right - 80, height - bottom + 8), f"step {steps[-1]}", fill="black")
+    draw.text((left + 8, top + 4), "loss (log scale)", fill="black")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)  # atomic, like every other file of the run
+    return path
+
+
+def _save_checkpoint(
+    out: Path,
+    model: DiT,
+    ema: DiT,
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+    meta: dict,
+) -> Path:
+    """Write model, EMA and training state into a fresh folder, then swap it in by renames."""
+    partial, final, old = (
+        out / f".{CHECKPOINT}.partial",
+        out / CHECKPOINT,
+        out / f".{CHECKPOINT}.old",
+    )
+    shutil.rmtree(partial, ignore_errors=True)
+    meta = {**meta, "step": state["step"]}
+    save_model(partial / "model", model, model.config, meta=meta)
+    save_model(partial / "ema", ema, ema.config, meta={**meta, "ema": True})
+    tensors, rest = optimizer_state_to_tensors(optimizer)
+    save_tensors(partial / STATE / "optimizer.safetensors", tensors)
+    save_json(partial / STATE / "state.json", {**state, "optimizer": rest})
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)  # between these two renames, resume reads the old folder
+    os.replace(partial, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _checkpoint_folder(out: Path) -> Path | None:
+    """The newest complete checkpoint in `out`, if any."""
+    for name in (CHECKPOINT, f".{CHECKPOINT}.old"):
+        if (out / name / STATE / "state.json").is_file():
+            return out / name
+    return None
+
+
+def _append_metrics(path: Path, row: dict) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines of steps after `step` (logged after the checkpoint a run resumes)."""
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def _resolve_vae(vae: str | os.PathLike | None) -> Path:
+    folder = Path(vae) if vae is not None else BUNDLED_VAE
+    if not (folder / "config.json").is_file():
+        what = f"{folder} is not a VAE folder" if vae is not None else "no bundled world VAE"
+        raise ValueError(
+            f"{what}: pass vae=DIR (--vae DIR), a folder written by `kinetoscope train-vae`"
+        )
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train_dit(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    config: DiTTrainConfig | None = None,
+    *,
+    vae: str | os.PathLike | None = None,
+    cache: str | os.PathLike | None = None,
+    resume: bool = False,
+    stop_at: int | None = None,
+    progress: bool = True,
+    **overrides,
+) -> dict:
+    """Train a DiT on the clips of manifest `data`; write checkpoints, metrics and previews to
+    `out` (see the module docstring). Runs unchanged under torchrun (DDP).
+
+    `config` holds every setting; keyword `overrides` replace its fields (e.g. `steps=100`).
+    `vae` is a VAE folder (default: the bundled world VAE). `cache` is the latent and text
+    embedding cache folder (default `out/cache`; share it between runs of the same data; all
+    ranks must see it). `resume` continues exactly from the checkpoint in `out` (from scratch
+    when there is none yet). `stop_at` ends this call at that step with a checkpoint (the run
+    still counts `steps`).
+
+    Returns a summary on every rank: steps, first and final loss, nonfinite_steps,
+    skipped_clips, tokens_per_second, padding_fraction, train_seconds, checkpoint, and
+    weights_sha256 of this rank's weights.
+    """
+    known = {f.name for f in fields(DiTTrainConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
+    config = replace(config or DiTTrainConfig(), **overrides)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    vae_folder = _resolve_vae(vae)
+    ddp = setup_distributed()
+    try:
+        paths = Path(data), Path(out), vae_folder, Path(cache) if cache is not None else None
+        return _train(*paths, config, resume, stop_at, progress, ddp)
+    finally:
+        if ddp.started_here:
+            dist.destroy_process_group()
+
+
+def _train(
+    data: Path,
+    out: Path,
+    vae_folder: Path,
+    cache: Path | None,
+    config: DiTTrainConfig,
+    resume: bool,
+    stop_at: int | None,
+    progress: bool,
+    ddp: Distributed,
+) -> dict:
+    main, device = ddp.rank == 0, ddp.device
+    cache_dir = cache if cache is not None else out / "cache"
+    checkpoint = _checkpoint_folder(out) if resume else None
+    saved_state: dict | None = None
+    if checkpoint is not None:
+        saved_state = json.loads((checkpoint / STATE / "state.json").read_text())
+        saved = saved_state["config"]
+        changed = [k for k in RESUME_FIELDS if saved[k] != asdict(config)[k]]
+        if changed:
+            raise ValueError(
+                f"cannot resume {out} with different {changed}: they fix the data order; "
+                "pass the values of the first run or start a new --out"
+            )
+
+    # 1. Frozen VAE and text encoder; latents of every clip in the cache (each rank a share).
+    vae = load_vae(vae_folder).to(device).requires_grad_(False)
+    text_name = config.text_encoder or ("tiny" if config.preset == "tiny" else "minilm")
+    text = EmbeddingCache(load_text_encoder(text_name), cache_dir / "text")
+    dataset = ClipDataset(
+        data,
+        max_area=config.max_area,
+        max_frames=config.max_frames,
+        fps=config.fps,
+        temporal_crop="start",
+        seed=config.seed,
+    )
+    latents = LatentCache(dataset, vae, cache_dir / "latents")
+    latents.fill(list(range(ddp.rank, len(dataset), ddp.world_size)), device, progress and main)
+    ddp.barrier()  # every rank's share is on disk before anyone looks for it
+    valid = [i for i in range(len(dataset)) if latents.has(i)]  # the same list on every rank
+    if not valid:
+        raise ValueError(f"no clip of {data} could be read; check the manifest's files")
+    skipped_clips = len(dataset) - len(valid)
+
+    # 2. The model (same init on every rank; DDP also broadcasts rank 0's), EMA, optimizer.
+    if checkpoint is not None:
+        dit_config = load_config(checkpoint / "model", DiTConfig)
+    else:
+        dit_config = replace(
+            DIT_PRESETS[config.preset],
+            latent_channels=vae.config.latent_channels,
+            text_dim=text.dim,
+        )
+    torch.manual_seed(config.seed)
+    model = DiT(dit_config)
+    if checkpoint is not None:
+        load_weights(checkpoint / "model", model)
+    ema = copy.deepcopy(model).requires_grad_(False)  # fp32 EMA, never wrapped by DDP
+    if checkpoint is not None:
+        load_weights(checkpoint / "ema", ema)
+    model.to(device).train()
+    ema.to(device).eval()
+    model.gradient_checkpointing = config.gradient_checkpointing
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+    )
+    state = {"step": 0, "nonfinite_steps": 0, "tokens": 0, "seconds": 0.0, "sampler": None}
+    if checkpoint is not None:
+        assert saved_state is not None
+        tensors = load_tensors(checkpoint / STATE / "optimizer.safetensors")
+        optimizer_state_from_tensors(optimizer, tensors, saved_state.pop("optimizer"))
+        state.update(saved_state)
+        log.info("resumed from %s at step %d", checkpoint, state["step"])
+    # DDP averages gradients over ranks in backward; world size 1 trains the bare module.
+    net = nn.parallel.DistributedDataParallel(model) if ddp.world_size > 1 else model
+
+    # 3. Batches: token counts from sizes alone; rank r takes every world_size-th batch.
+    patch = dit_config.patch
+    vc = vae.config
+    counts = [
+        item_tokens(*dataset.item_size(i), patch, vc.temporal_factor, vc.spatial_factor)
+        for i in valid
+    ]
+    budget = config.token_budget or max(counts)
+    sampler = TokenBudgetBatchSampler(
+        counts,
+        budget,
+        config.sequences_per_batch,
+        seed=config.seed,
+        rank=ddp.rank,
+        world_size=ddp.world_size,
+    )
+    if state["sampler"] is not None:
+        sampler.load_state_dict(state["sampler"])
+    batches = iter(sampler)
+
+    def next_batch() -> tuple[int, int, list[int]]:
+        """(epoch, index of the batch in the epoch over all ranks, clip indices)."""
+        nonlocal batches
+        for _ in range(2):  # an exhausted epoch moves the sampler on to the next one
+            epoch, position = sampler.epoch, sampler.position
+            try:
+                indices = next(batches)
+            except StopIteration:
+                batches = iter(sampler)
+                continue
+            return epoch, ddp.rank + position * ddp.world_size, [valid[j] for j in indices]
+        raise AssertionError("the sampler yields no batch")
+
+    # Previews: fixed prompts and seed, at the size of the first clip.
+    prompts = list(config.preview_prompts) or [
+        next(iter(dataset.records[i].captions.values()), "") for i in valid[: config.preview_count]
+    ]
+    preview_size = vae.latent_size(*dataset.item_size(valid[0]))
+    meta = {
+        "preset": config.preset,
+        "text_encoder": text_name,
+        "vae": str(vae_folder),
+        "data": str(data),
+        "train": asdict(config),
+    }
+    metrics_path = out / "metrics.jsonl"
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "vae" / "config.json").is_file():
+            save_model(out / "vae", vae, vae.config, meta={"source": str(vae_folder)})
+        _truncate_metrics(metrics_path, state["step"])
+
+    def save() -> Path:
+        state["sampler"] = sampler.state_dict()
+        state["config"] = asdict(config)
+        if main:
+            _save_checkpoint(out, model, ema, optimizer, state, meta)
+        ddp.barrier()  # no rank runs ahead of a checkpoint it may be asked to resume from
+        return out / CHECKPOINT
+
+    # 4. The loop.
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=config.precision == "bf16")
+    show = progress and main
+    bar = tqdm(total=config.steps, initial=state["step"], desc="train-dit", disable=not show)
+    first_loss, last_loss, paddings = None, float("nan"), []
+    while state["step"] < config.steps:
+        if stop_at is not None and state["step"] >= stop_at:
+            save()
+            bar.close()
+            return {"steps": state["step"], "stopped": True}
+        step, start = state["step"], time.perf_counter()
+        lr = _learning_rate(step, config.lr, config.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        micro = [next_batch() for _ in range(config.accumulate)]  # taken even if skipped
+        loss_sum, tokens, padding, finite = 0.0, 0, 0.0, True
+        for m, (epoch, number, indices) in enumerate(micro):
+            dataset.set_epoch(epoch)
+            batch = make_batch(
+                [latents.load(i) for i in indices],
+                [dataset.caption(i) for i in indices],
+                text,
+                torch.Generator().manual_seed(_batch_seed(config.seed, epoch, number)),
+                token_budget=budget,
+                sequences=config.sequences_per_batch,
+                patch=patch,
+                caption_dropout=config.caption_dropout,
+                given_prob=config.given_prob,
+            )
+            packed = batch.packed.to(device)
+            # Gradients are all-reduced once per step, on the last batch (no_sync before it).
+            last = m == len(micro) - 1
+            sync = contextlib.nullcontext() if last or ddp.world_size == 1 else net.no_sync()
+            with sync:
+                with autocast:
+                    prediction = net(
+                        batch.x_t.to(device),
+                        packed.coords,
+                        batch.t.to(device),
+                        batch.text.to(device),
+                        batch.text_mask.to(device),
+                        packed.sample_index,
+                    )  # (N, L, Din)
+                # The loss is reduced in fp32 (flow_loss) whatever the autocast dtype.
+                loss = flow_loss(prediction, batch.target.to(device), packed.loss_mask)
+                # Every rank must take the same branch, or DDP's all-reduce would hang.
+                ok = ddp.all_reduce(torch.isfinite(loss.detach()).float(), "min")
+                if not bool(ok):
+                    finite = False
+                    break
+                (loss / config.accumulate).backward()
+            loss_sum += loss.item()
+            tokens += sum(batch.packed.lengths)
+            padding += batch.packed.padding_fraction / config.accumulate
+        grad_norm = float("nan")
+        if finite:
+            # After DDP's all-reduce the gradients, and so this norm, agree on every rank.
+            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
+            finite = math.isfinite(grad_norm)
+        if finite:
+            optimizer.step()
+            decay = _ema_decay(step, config.ema_decay)
+            with torch.no_grad():
+                ema_params, params = list(ema.parameters()), list(model.parameters())
+                torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            state["nonfinite_steps"] += 1
+            log.warning("step %d: non-finite loss or gradient, step skipped", step)
+        # Step metrics over all ranks: the mean loss of the global batch, the tokens it held.
+        totals = torch.tensor([loss_sum / config.accumulate, tokens, padding], device=device)
+        totals = ddp.all_reduce(totals.double())
+        loss_value = float(totals[0]) / ddp.world_size if finite else float("nan")
+        global_tokens, padding = int(totals[1]), float(totals[2]) / ddp.world_size
+        seconds = time.perf_counter() - start
+        state["step"] = step + 1
+        state["tokens"] += global_tokens
+        state["seconds"] += seconds
+        paddings.append(padding)
+        if finite:
+            first_loss = loss_value if first_loss is None else first_loss
+            last_loss = loss_value
+        row = {
+            "step": state["step"],
+            "epoch": micro[-1][0],
+            "loss": loss_value if finite else None,
+            "lr": lr,
+            "grad_norm": grad_norm if finite else None,
+            "tokens": global_tokens,
+            "tokens_per_s": global_tokens / seconds,
+            "padding": padding,
+            "seconds": seconds,
+            "skipped": not finite,
+            "nonfinite_steps": state["nonfinite_steps"],
+        }
+        if main:
+            _append_metrics(metrics_path, row)
+        if config.preview_every and state["step"] % config.preview_every == 0 and main:
+            videos = sample_previews(
+                ema, vae, text, prompts, preview_size, seed=config.seed,
+                steps=config.preview_steps, guidance=config.preview_guidance, device=device,
+            )  # fmt: skip
+            for k, video in enumerate(videos):
+                write_video(out / "previews" / f"step-{state['step']:06d}-{k}.mp4", to_uint8(video))
+        if state["step"] % config.checkpoint_every == 0 or state["step"] == config.steps:
+            save()
+            if main:
+                plot_loss(metrics_path, out / "loss.png")
+        bar.set_postfix(
+            {
+                "loss": f"{loss_value:.4f}",
+                "tok/s": f"{global_tokens / seconds:.0f}",
+                "pad": f"{padding:.0%}",
+                **({"nonfinite": state["nonfinite_steps"]} if state["nonfinite_steps"] else {}),
+            }
+        )
+        bar.update(1)
+    bar.close()
+    return {
+        "steps": state["step"],
+        "first_loss": first_loss,
+        "final_loss": last_loss,
+        "nonfinite_steps": state["nonfinite_steps"],
+        "skipped_clips": skipped_clips,
+        "tokens_per_second": state["tokens"] / max(state["seconds"], 1e-9),
+        "padding_fraction": sum(paddings) / max(1, len(paddings)),
+        "train_seconds": state["seconds"],
+        "checkpoint": str(out / CHECKPOINT),
+        "weights_sha256": weights_digest(model),
+    }

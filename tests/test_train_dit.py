@@ -1,0 +1,290 @@
+"""Training the DiT: latent cache, batches, exact resume, non-finite steps, DDP, overfitting."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from kinetoscope.checkpoint import load_tensors, save_model, save_tensors
+from kinetoscope.data.dataset import ClipDataset
+from kinetoscope.data.manifest import read_manifest, write_manifest
+from kinetoscope.data.world import WorldConfig, write_world
+from kinetoscope.dit import DIT_PRESETS, DiT
+from kinetoscope.patches import pack
+from kinetoscope.text import load_text_encoder
+from kinetoscope.train.dit import load_dit, make_batch, plot_loss, sample_previews, train_dit
+from kinetoscope.train.latents import LatentCache
+from kinetoscope.train.vae import load_vae
+from kinetoscope.vae import VAE_PRESETS, VideoVAE, compute_latent_stats
+
+# World captions run past the tiny test encoder's 64 tokens; its truncation warning is noise.
+pytestmark = pytest.mark.filterwarnings("ignore:prompts longer than")
+
+SMALL = WorldConfig(min_side=32, max_side=64, aspect_ratios=("1:1", "2:1"), max_frames=9)
+# Tiny everything, no previews: each step takes milliseconds.
+FAST = {"preset": "tiny", "max_frames": 9, "lr": 3e-3, "warmup": 5, "preview_every": 0}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors on a shared machine: one thread is faster than two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> tuple[Path, Path]:
+    """(manifest of six small world clips, a tiny VAE folder whose latents have unit scale)."""
+    root = tmp_path_factory.mktemp("dit-world")
+    manifest = write_world(root / "world", clips=6, seed=5, config=SMALL, workers=1,
+                           progress=False).manifest  # fmt: skip
+    torch.manual_seed(0)
+    vae = VideoVAE(VAE_PRESETS["tiny"]).eval()
+    dataset = ClipDataset(manifest, max_frames=9, temporal_crop="start")
+    shift, scale = compute_latent_stats(vae, (dataset[i]["video"] for i in range(len(dataset))))
+    vae.latent_shift.copy_(shift)
+    vae.latent_scale.copy_(scale)
+    save_model(root / "vae", vae, vae.config)
+    return manifest, root / "vae"
+
+
+def _states(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    checkpoint = folder / "checkpoint"
+    return {
+        "model": load_dit(checkpoint / "model").state_dict(),
+        "ema": load_dit(checkpoint / "ema").state_dict(),
+        "optimizer": load_tensors(checkpoint / "train_state" / "optimizer.safetensors"),
+    }
+
+
+def _metrics(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_latent_cache_encodes_each_clip_once_and_keys_on_the_vae(world, tmp_path):
+    manifest, vae_folder = world
+    vae = load_vae(vae_folder)
+    dataset = ClipDataset(manifest, max_frames=9, temporal_crop="start")
+    cache = LatentCache(dataset, vae, tmp_path)
+    assert cache.fill(progress=False) == list(range(6))
+    assert cache.stats["encoded"] == 6
+    again = LatentCache(dataset, vae, tmp_path)
+    assert again.fill(progress=False) == list(range(6)) and again.stats["encoded"] == 0
+    # The cached latent is the VAE's normalised posterior mean of the clip.
+    expected = vae.encode(dataset[2]["video"][None])[0]
+    torch.testing.assert_close(again.load(2), expected, atol=1e-5, rtol=1e-5)
+    # Another VAE (other weights) or other size choices are other keys.
+    other = VideoVAE(VAE_PRESETS["tiny"])
+    assert LatentCache(dataset, other, tmp_path).path(2) != cache.path(2)
+    shorter = ClipDataset(manifest, max_frames=5, temporal_crop="start")
+    assert LatentCache(shorter, vae, tmp_path).path(2) != cache.path(2)
+    with pytest.raises(ValueError, match="temporal_crop='start'"):
+        LatentCache(ClipDataset(manifest, max_frames=9), vae, tmp_path)
+
+
+def test_make_batch_gives_frames_drops_captions_and_is_deterministic():
+    text = load_text_encoder("tiny")
+    latents = [torch.randn(4, 3, 4, 4), torch.randn(4, 1, 4, 6), torch.randn(4, 5, 2, 2)]
+    options = {"token_budget": 40, "sequences": 2, "patch": (1, 2, 2)}
+
+    def batch(seed, **kwargs):
+        generator = torch.Generator().manual_seed(seed)
+        return make_batch(latents, ["a", "b", "c"], text, generator, **options, **kwargs)
+
+    given = batch(0, caption_dropout=1.0, given_prob=1.0)
+    assert given.captions == ["", "", ""]
+    packed = given.packed
+    for i, grid in enumerate(packed.grids):
+        seq, start = packed.placement[i]
+        mask = packed.given_mask[seq, start : start + packed.lengths[i]]
+        if grid[0] == 1:  # an image has no frame to give
+            assert not mask.any()
+        else:  # some but not all of its frames are given
+            assert mask.any() and not mask.all()
+    # Given tokens are clean, at t = 0, and carry no loss; the rest are noisy.
+    g = packed.given_mask
+    assert torch.equal(given.x_t[g], packed.tokens[g]) and (given.t[g] == 0).all()
+    assert not (packed.loss_mask & g).any()
+    assert (given.t[packed.loss_mask] > 0).all()
+    plain = batch(0, caption_dropout=0.0, given_prob=0.0)
+    assert plain.captions == ["a", "b", "c"] and not plain.packed.given_mask.any()
+    # The same generator seed gives the same draws; another seed, other ones.
+    same = batch(0, caption_dropout=0.0, given_prob=0.0)
+    assert torch.equal(same.x_t, plain.x_t) and torch.equal(same.t, plain.t)
+    assert not torch.equal(batch(1, caption_dropout=0.0, given_prob=0.0).x_t, plain.x_t)
+    expected = pack(latents, 40, (1, 2, 2), num_sequences=2)
+    assert torch.equal(plain.packed.tokens, expected.tokens)
+
+
+def test_resume_after_n_steps_equals_an_uninterrupted_run(world, tmp_path):
+    manifest, vae = world
+    run = {**FAST, "steps": 6, "checkpoint_every": 3, "given_prob": 0.5}
+    cache = tmp_path / "cache"
+    whole = train_dit(manifest, tmp_path / "whole", vae=vae, cache=cache, progress=False, **run)
+    stopped = train_dit(
+        manifest, tmp_path / "parts", vae=vae, cache=cache, stop_at=2, progress=False, **run
+    )
+    assert stopped == {"steps": 2, "stopped": True}
+    resumed = train_dit(
+        manifest, tmp_path / "parts", vae=vae, cache=cache, resume=True, progress=False, **run
+    )
+    a, b = _states(tmp_path / "whole"), _states(tmp_path / "parts")
+    for part in a:
+        assert a[part].keys() == b[part].keys()
+        for name in a[part]:
+            assert torch.equal(a[part][name], b[part][name]), (part, name)
+    assert resumed["final_loss"] == whole["final_loss"]
+    assert resumed["weights_sha256"] == whole["weights_sha256"]
+    # The metrics log of the resumed run is the uninterrupted one, line for line.
+    drop = ("seconds", "tokens_per_s")
+    strip = [[{k: v for k, v in r.items() if k not in drop} for r in _metrics(tmp_path / x)]
+             for x in ("whole", "parts")]  # fmt: skip
+    assert strip[0] == strip[1] and [r["step"] for r in strip[0]] == list(range(1, 7))
+    # Training moved the weights away from the EMA, and the EMA away from the init.
+    assert not torch.equal(a["model"]["final.linear.weight"], a["ema"]["final.linear.weight"])
+    assert a["ema"]["final.linear.weight"].abs().sum() > 0
+    # The run folder is self-contained: the VAE it trained on is beside the DiT.
+    assert (tmp_path / "whole" / "vae" / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match="cannot resume"):
+        train_dit(manifest, tmp_path / "parts", vae=vae, cache=cache, resume=True,
+                  progress=False, **{**run, "seed": 1})  # fmt: skip
+
+
+def test_a_nonfinite_loss_skips_the_step_and_is_counted(world, tmp_path):
+    manifest, vae_folder = world
+    cache = tmp_path / "cache"
+    dataset = ClipDataset(manifest, max_frames=9, temporal_crop="start")
+    latents = LatentCache(dataset, load_vae(vae_folder), cache / "latents")
+    latents.fill(progress=False)
+    # A corrupt latent (NaN) for clip 0, with valid metadata: its batch must not train.
+    path = latents.path(0)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    poisoned = {k: torch.full_like(v, float("nan")) for k, v in load_tensors(path).items()}
+    save_tensors(path, poisoned, meta=meta)
+    summary = train_dit(manifest, tmp_path / "run", vae=vae_folder, cache=cache, steps=5,
+                        progress=False, **FAST)  # fmt: skip
+    rows = _metrics(tmp_path / "run")
+    skipped = [r for r in rows if r["skipped"]]
+    assert summary["nonfinite_steps"] == len(skipped) >= 1
+    assert all(r["loss"] is None for r in skipped)
+    assert all(r["loss"] is not None and r["loss"] == r["loss"] for r in rows if not r["skipped"])
+    for part in ("model", "ema"):
+        model = load_dit(tmp_path / "run" / "checkpoint" / part)
+        assert all(torch.isfinite(p).all() for p in model.parameters()), part
+
+
+def test_previews_decode_a_noise_grid_of_the_asked_size(world):
+    _, vae_folder = world
+    vae, text = load_vae(vae_folder), load_text_encoder("tiny")
+    torch.manual_seed(0)
+    dit = DiT(DIT_PRESETS["tiny"]).eval()
+    for p in dit.final.parameters():  # a fresh DiT predicts 0; give it a velocity to follow
+        torch.nn.init.normal_(p, std=0.1)
+    kwargs = {"seed": 3, "steps": 3}
+    videos = sample_previews(dit, vae, text, ["a red circle", "x"], (2, 2, 4), **kwargs)
+    assert [tuple(v.shape) for v in videos] == [(3, 5, 16, 32)] * 2
+    assert all(v.abs().max() <= 1 for v in videos)
+    again = sample_previews(dit, vae, text, ["a red circle", "x"], (2, 2, 4), **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(videos, again, strict=True))
+
+
+def test_bad_options_are_user_errors(world, tmp_path):
+    manifest, vae = world
+    with pytest.raises(ValueError, match="unknown DiT preset"):
+        train_dit(manifest, tmp_path, vae=vae, preset="huge")
+    with pytest.raises(ValueError, match="unknown training option"):
+        train_dit(manifest, tmp_path, vae=vae, stpes=3)
+    with pytest.raises(ValueError, match="not a VAE folder"):
+        train_dit(manifest, tmp_path, vae=tmp_path / "nothing")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        train_dit(manifest, tmp_path, vae=vae, precision="fp8")
+
+
+def test_plot_loss_draws_a_falling_curve(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [{"step": s, "loss": 2.0 / s} for s in range(1, 41)] + [{"step": 41, "loss": None}]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    image = Image.open(plot_loss(metrics, tmp_path / "loss.png", size=(320, 200))).convert("RGB")
+    assert image.size == (320, 200)
+    blue = [
+        (x, y) for x in range(320) for y in range(200) if image.getpixel((x, y)) == (30, 90, 200)
+    ]
+    # The curve starts high on the left and ends low on the right.
+    left = min(blue)
+    right = max(blue)
+    assert left[0] < 100 < 250 < right[0] and left[1] < right[1]
+
+
+DDP_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+import torch
+from kinetoscope.train.dit import train_dit
+torch.set_num_threads(1)
+manifest, out, vae, cache, options = sys.argv[1:6]
+summary = train_dit(manifest, out, vae=vae, cache=cache, progress=False, **json.loads(options))
+Path(out, f"summary-{os.environ['RANK']}.json").write_text(json.dumps(summary))
+"""
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_agree_and_match_one_process_on_the_same_global_batch(world, tmp_path):
+    world_manifest, vae = world
+    # The clips twice over: an epoch of about 10 batches, each clip still encoded once.
+    manifest = write_manifest(tmp_path / "twice.jsonl", read_manifest(world_manifest) * 2)
+    cache = tmp_path / "cache"
+    run = {**FAST, "steps": 2, "given_prob": 0.5, "precision": "fp32"}
+    # One process accumulating 4 batches per step sees the global batch of 2 ranks x 2 batches
+    # (which also takes DDP's no_sync path on the first batch of each step).
+    single = train_dit(manifest, tmp_path / "single", vae=vae, cache=cache, progress=False,
+                       accumulate=4, **run)  # fmt: skip
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(script), str(manifest), str(tmp_path / "ddp"), str(vae),
+               str(cache), json.dumps({**run, "accumulate": 2})]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [json.loads((tmp_path / "ddp" / f"summary-{r}.json").read_text()) for r in (0, 1)]
+    # Both ranks hold bit-identical weights.
+    assert summaries[0]["weights_sha256"] == summaries[1]["weights_sha256"]
+    # Every step stayed in epoch 0, so both runs saw the same batches ...
+    one, two = _metrics(tmp_path / "single"), _metrics(tmp_path / "ddp")
+    assert [r["epoch"] for r in one + two] == [0] * 4
+    # ... and the losses and weights match up to float summation order.
+    for a, b in zip(one, two, strict=True):
+        assert a["tokens"] == b["tokens"]
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    x = load_dit(tmp_path / "single" / "checkpoint" / "model").state_dict()
+    y = load_dit(tmp_path / "ddp" / "checkpoint" / "model").state_dict()
+    for name in x:
+        torch.testing.assert_close(x[name], y[name], atol=1e-5, rtol=1e-4)
+    assert single["steps"] == summaries[0]["steps"] == 2
+
+
+@pytest.mark.slow
+def test_a_tiny_dit_overfits_a_handful_of_world_clips(world, tmp_path):
+    manifest, vae = world
+    four = write_manifest(tmp_path / "four.jsonl", read_manifest(manifest)[:4])
+    steps = 300
+    summary = train_dit(four, tmp_path / "run", vae=vae, steps=steps, progress=False,
+                        **{**FAST, "caption_dropout": 0.0, "given_prob": 0.0,
+                           "preview_every": steps, "checkpoint_every": steps})  # fmt: skip
+    losses = [r["loss"] for r in _metrics(tmp_path / "run")]
+    assert len(losses) == steps and summary["nonfinite_steps"] == 0
+    start, end = sum(losses[:10]) / 10, sum(losses[-30:]) / 30
+    assert end < start / 2, (start, end)  # the loss falls by more than a factor of 2
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 0
+    previews = sorted((tmp_path / "run" / "previews").iterdir())
+    assert [p.name for p in previews] == [f"step-{steps:06d}-0.mp4", f"step-{steps:06d}-1.mp4"]
