@@ -293,3 +293,22 @@ def test_rendered_suite_references_are_named_for_the_harness_and_score_high(tmp_
     assert report["videos"] == 3 and not report["missing"]
     assert report["mean"]["overall"] > 0.95
     assert (tmp_path / "world_report_worst.png").is_file()
+
+
+@pytest.mark.slow  # renders and scores all 72 suite videos
+def test_cli_eval_world_scores_rendered_references_side_by_side(tmp_path, capsys):
+    from kinetoscope.cli import main
+
+    videos = tmp_path / "videos"
+    assert main(["eval", "world", "--render-reference", str(videos)]) == 0
+    assert len(list(videos.glob("heldout-*.mp4"))) == 12
+    assert len(list(videos.glob("standard-*"))) == 60
+    assert main(["eval", "world", "--videos", str(videos), "--worst", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| score | standard | heldout |" in out
+    for name, count in (("standard", 60), ("heldout", 12)):
+        report = json.loads((videos / f"world_{name}.json").read_text())
+        assert report["videos"] == count and report["mean"]["overall"] > 0.95
+        assert (videos / f"world_{name}_worst.png").is_file()
+    assert main(["eval", "world"]) == 2
+    assert "give --videos DIR" in capsys.readouterr().err

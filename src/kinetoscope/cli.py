@@ -68,6 +68,8 @@ def _train_vae(args: argparse.Namespace) -> int:
         lr=args.lr,
         precision=args.precision,
         eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        holdout=args.holdout,
         resume=args.resume,
         seed=args.seed,
         max_area=args.max_area,
@@ -105,6 +107,47 @@ def _eval_vae(args: argparse.Namespace) -> int:
     )
     if args.out:
         print(f"report and examples: {args.out}")
+    return 0
+
+
+def _eval_world(args: argparse.Namespace) -> int:
+    from kinetoscope.evaluate.world import (
+        evaluate_folder,
+        read_suite,
+        render_suite,
+        suite,
+        write_suite,
+    )
+
+    if args.specs:
+        suites = {Path(args.specs).stem: read_suite(args.specs)}
+    else:
+        suites = {name: suite(name) for name in args.suite.split(",")}
+    if args.export_suite:
+        path = write_suite(args.export_suite, [e for entries in suites.values() for e in entries])
+        print(f"wrote {sum(map(len, suites.values()))} prompts and scene specs to {path}")
+        return 0
+    if args.render_reference:
+        for entries in suites.values():
+            render_suite(entries, args.render_reference)
+        print(f"rendered the ground-truth videos of {', '.join(suites)} to {args.render_reference}")
+        return 0
+    if not args.videos:
+        raise ValueError("give --videos DIR (or --export-suite FILE / --render-reference DIR)")
+    out = Path(args.out) if args.out else Path(args.videos)
+    means = {}
+    for name, entries in suites.items():
+        print(f"== suite {name} ({len(entries)} prompts)")
+        report = evaluate_folder(
+            args.videos, entries, out=out / f"world_{name}.json", worst=args.worst
+        )
+        means[name] = report["mean"]
+    if len(means) > 1:  # the suites side by side: seen combinations against held-out ones
+        names = list(means)
+        print("\n| score | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+        for key in next(iter(means.values())):
+            cells = ["-" if m[key] is None else f"{m[key]:.3f}" for m in means.values()]
+            print(f"| {key} | " + " | ".join(cells) + " |")
     return 0
 
 
@@ -178,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_vae.add_argument("--out", required=True, help="checkpoint folder")
     train_vae.add_argument("--steps", type=int, required=True, help="optimizer steps in all")
     train_vae.add_argument("--batch", type=int, default=4, help="clips per step")
-    train_vae.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    train_vae.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
     train_vae.add_argument(
         "--precision",
         choices=("fp32", "bf16"),
@@ -186,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="bf16 autocast is faster only on CPUs with native bf16 (AVX512-BF16, AMX) or GPUs",
     )
     train_vae.add_argument("--eval-every", type=int, default=250, help="steps between evals")
+    train_vae.add_argument(
+        "--checkpoint-every", type=int, help="steps between checkpoints (default: --eval-every)"
+    )
+    train_vae.add_argument(
+        "--holdout", type=int, default=8, help="clips at the manifest's end kept for PSNR"
+    )
     train_vae.add_argument("--resume", action="store_true", help="continue from --out")
     train_vae.add_argument("--seed", type=int, default=0, help="seed of init, order and crops")
     train_vae.add_argument("--max-area", type=int, default=256 * 256, help="clip area cap (px)")
@@ -201,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser(
         "eval",
-        help="measure a trained model (vae: reconstruction PSNR, SSIM, bits, speed)",
+        help="measure a VAE (reconstruction) or videos against the world benchmark",
         description="Evaluate a trained model on a manifest of clips.",
     )
     eval_sub = evaluate.add_subparsers(dest="what", metavar="WHAT", required=True)
@@ -221,6 +270,30 @@ def build_parser() -> argparse.ArgumentParser:
     eval_vae.add_argument("--max-area", type=int, default=256 * 256, help="clip area cap (px)")
     eval_vae.add_argument("--max-frames", type=int, default=17, help="frames per clip (1 + 4k)")
     eval_vae.set_defaults(run=_eval_vae)
+
+    eval_world = eval_sub.add_parser(
+        "world",
+        help="score videos against the world benchmark's prompts from pixels alone",
+        description="Score a folder of videos, one per benchmark prompt and named "
+        "<entry name>.mp4 (or any video extension), against their scene specs: prompt "
+        "adherence, world consistency (permanence, stability, physics) and frame quality. "
+        "Writes a JSON report and a contact sheet of the worst cases per suite and prints the "
+        "suites side by side. --export-suite writes the prompts and specs for generating the "
+        "videos elsewhere; --render-reference renders the ground truth (it scores near 1).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    eval_world.add_argument("--videos", help="folder of videos named after the suite entries")
+    eval_world.add_argument(
+        "--suite", default="standard,heldout", help="comma-separated suites: standard, heldout"
+    )
+    eval_world.add_argument("--specs", help="a suite file (JSON Lines) instead of --suite")
+    eval_world.add_argument("--out", help="folder for the reports (default: --videos)")
+    eval_world.add_argument("--worst", type=int, default=8, help="videos in each contact sheet")
+    eval_world.add_argument("--export-suite", help="write the prompts and specs here and exit")
+    eval_world.add_argument(
+        "--render-reference", help="render the suites' ground-truth videos to this folder and exit"
+    )
+    eval_world.set_defaults(run=_eval_world)
     return parser
 
 
