@@ -288,3 +288,18 @@ def test_a_tiny_dit_overfits_a_handful_of_world_clips(world, tmp_path):
     assert (tmp_path / "run" / "loss.png").stat().st_size > 0
     previews = sorted((tmp_path / "run" / "previews").iterdir())
     assert [p.name for p in previews] == [f"step-{steps:06d}-0.mp4", f"step-{steps:06d}-1.mp4"]
+
+
+def test_cli_train_runs_and_reports(world, tmp_path, capsys):
+    from kinetoscope.cli import main
+
+    manifest, vae = world
+    argv = ["train", "--data", str(manifest), "--preset", "tiny", "--out", str(tmp_path / "run"),
+            "--steps", "2", "--vae", str(vae), "--max-frames", "9", "--text-encoder", "tiny",
+            "--preview-every", "0", "--threads", "1"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "trained 2 steps" in out and "checkpoint:" in out
+    assert (tmp_path / "run" / "checkpoint" / "model" / "model.safetensors").is_file()
+    assert main(["train", "--data", str(manifest), "--out", str(tmp_path / "x"),
+                 "--vae", str(tmp_path / "missing")]) == 2  # fmt: skip
