@@ -31,7 +31,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from kinetoscope.data.manifest import ManifestRecord, write_manifest
+from kinetoscope.data.manifest import ManifestRecord, read_jsonl, write_manifest
 from kinetoscope.io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, probe
 
 MIN_SIDE = 16  # the dataset crops to multiples of 16 and never upscales
@@ -93,19 +93,12 @@ def read_captions(path: Path, folder: Path) -> dict[Path, str]:
             for row in reader:
                 pairs.append((row["path"] or "", row["caption"] or ""))
     elif suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8-sig") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    data = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-                if not isinstance(data, dict) or "path" not in data or "caption" not in data:
-                    raise ValueError(
-                        f'{path}:{number}: each line must be {{"path": ..., "caption": ...}}'
-                    )
-                pairs.append((str(data["path"]), str(data["caption"] or "")))
+        for number, data in read_jsonl(path):
+            if not isinstance(data, dict) or "path" not in data or "caption" not in data:
+                raise ValueError(
+                    f'{path}:{number}: each line must be {{"path": ..., "caption": ...}}'
+                )
+            pairs.append((str(data["path"]), str(data["caption"] or "")))
     else:
         raise ValueError(
             f"captions file {path} must end in .csv (header path,caption) or .jsonl "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,18 @@ def write_manifest(path: str | os.PathLike, records: list[ManifestRecord]) -> Pa
     return path
 
 
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) for each non-blank line; bad JSON raises ValueError naming it."""
+    with open(path, encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+
+
 def read_manifest(path: str | os.PathLike) -> list[ManifestRecord]:
     """Read a manifest; paths come back absolute. A malformed line raises ValueError naming it."""
     path = Path(path)
@@ -79,29 +92,22 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRecord]:
         )
     root = path.parent.resolve()
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            missing = [key for key in REQUIRED if key not in data]
-            if missing:
-                raise ValueError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
-            known = {"path", "width", "height", "frames", "fps", "captions", "truth"}
-            truth = data.get("truth")
-            records.append(
-                ManifestRecord(
-                    path=str(root / data["path"]),
-                    width=int(data["width"]),
-                    height=int(data["height"]),
-                    frames=int(data["frames"]),
-                    fps=float(data["fps"]),
-                    captions=dict(data.get("captions") or {}),
-                    truth=str(root / truth) if truth else None,
-                    extra={k: v for k, v in data.items() if k not in known},
-                )
+    for number, data in read_jsonl(path):
+        missing = [key for key in REQUIRED if key not in data]
+        if missing:
+            raise ValueError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
+        known = {"path", "width", "height", "frames", "fps", "captions", "truth"}
+        truth = data.get("truth")
+        records.append(
+            ManifestRecord(
+                path=str(root / data["path"]),
+                width=int(data["width"]),
+                height=int(data["height"]),
+                frames=int(data["frames"]),
+                fps=float(data["fps"]),
+                captions=dict(data.get("captions") or {}),
+                truth=str(root / truth) if truth else None,
+                extra={k: v for k, v in data.items() if k not in known},
             )
+        )
     return records
