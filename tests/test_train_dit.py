@@ -19,8 +19,7 @@ from kinetoscope.patches import pack
 from kinetoscope.text import load_text_encoder
 from kinetoscope.train.dit import load_dit, make_batch, plot_loss, sample_previews, train_dit
 from kinetoscope.train.latents import LatentCache
-from kinetoscope.train.vae import load_vae
-from kinetoscope.vae import VAE_PRESETS, VideoVAE, compute_latent_stats
+from kinetoscope.vae import VAE_PRESETS, VideoVAE, compute_latent_stats, load_vae
 
 # World captions run past the tiny test encoder's 64 tokens; its truncation warning is noise.
 pytestmark = pytest.mark.filterwarnings("ignore:prompts longer than")

@@ -11,8 +11,8 @@ from kinetoscope.cli import main
 from kinetoscope.data.manifest import ManifestRecord, read_manifest, write_manifest
 from kinetoscope.data.world import WorldConfig, write_world
 from kinetoscope.evaluate.vae import latent_bits_per_pixel, ssim
-from kinetoscope.train.vae import load_vae, train_vae
-from kinetoscope.vae import VAE_PRESETS, VideoVAE
+from kinetoscope.train.vae import train_vae
+from kinetoscope.vae import VAE_PRESETS, VideoVAE, load_vae
 from kinetoscope.vae.losses import psnr
 
 SMALL = WorldConfig(min_side=32, max_side=64, aspect_ratios=("1:1", "2:1"), max_frames=9)

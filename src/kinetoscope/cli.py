@@ -250,9 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_vae.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
     train_vae.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
-        default="fp32",
-        help="bf16 autocast is faster only on CPUs with native bf16 (AVX512-BF16, AMX) or GPUs",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="auto: bf16 autocast where it is fast (GPUs, CPUs with AVX512-BF16 or AMX)",
     )
     train_vae.add_argument("--eval-every", type=int, default=250, help="steps between evals")
     train_vae.add_argument(

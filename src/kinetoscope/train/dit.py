@@ -92,8 +92,7 @@ from kinetoscope.patches import PackedBatch, TokenBudgetBatchSampler, item_token
 from kinetoscope.text import EmbeddingCache, load_text_encoder
 from kinetoscope.text.base import TextEncoder
 from kinetoscope.train.latents import LatentCache
-from kinetoscope.train.vae import load_vae
-from kinetoscope.vae import VideoVAE
+from kinetoscope.vae import VideoVAE, load_vae
 
 log = logging.getLogger("kinetoscope.train")
 

@@ -40,14 +40,14 @@ from kinetoscope.checkpoint import (
 )
 from kinetoscope.data.dataset import ClipDataset, collate_clips
 from kinetoscope.data.manifest import read_manifest
-from kinetoscope.vae import VAE_PRESETS, VAEConfig, VideoVAE, compute_latent_stats, load_vae
+from kinetoscope.nn import resolve_precision
+from kinetoscope.vae import VAE_PRESETS, VAEConfig, VideoVAE, compute_latent_stats
 from kinetoscope.vae.losses import VAELossConfig, psnr, vae_loss
 
-__all__ = ["heldout_psnr", "load_vae", "train_vae"]  # load_vae: re-exported for convenience
+__all__ = ["heldout_psnr", "train_vae"]
 
 log = logging.getLogger("kinetoscope.train")
 
-PRECISIONS = ("fp32", "bf16")
 STATE = "train_state"
 
 
@@ -110,7 +110,7 @@ def train_vae(
     steps: int = 1000,
     batch: int = 4,
     lr: float = 1e-3,
-    precision: str = "fp32",
+    precision: str = "auto",
     eval_every: int = 250,
     checkpoint_every: int | None = None,
     resume: bool = False,
@@ -131,13 +131,13 @@ def train_vae(
     `holdout` clips at the end of the manifest are kept out of training for the periodic
     PSNR. At the end, latent statistics on up to `stats_clips` training clips are stored with
     the weights. `precision="bf16"` runs forward and backward under bf16 autocast (a speed-up
-    only on CPUs with native bf16, such as AVX512-BF16 or AMX; elsewhere fp32 is faster).
+    only on GPUs and CPUs with native bf16, such as AVX512-BF16 or AMX; elsewhere fp32 is
+    faster); "auto" picks between them with `kinetoscope.nn.resolve_precision`.
     `stop_at` ends this run early at that step, with a checkpoint to `resume` from later (the
     schedule still runs over `steps`). Returns a summary dict (steps, final loss, held-out
     PSNR, wall time, skipped clips).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    precision = resolve_precision(precision)
     if preset not in VAE_PRESETS:
         raise ValueError(f"unknown VAE preset {preset!r}; choose one of {sorted(VAE_PRESETS)}")
     if steps < 1 or batch < 1 or eval_every < 1:
