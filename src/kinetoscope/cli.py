@@ -113,6 +113,59 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_output(path: Path, video, fps: float) -> Path:
+    """Write `T H W 3` frames by extension; a video asked as an image becomes numbered PNGs."""
+    from kinetoscope.io import IMAGE_EXTENSIONS, write_frames, write_video
+
+    if path.suffix.lower() in IMAGE_EXTENSIONS and len(video) > 1:
+        folder = path.with_suffix("")
+        write_frames(folder, video)
+        return folder
+    return write_video(path, video, fps)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from kinetoscope.io import IMAGE_EXTENSIONS
+    from kinetoscope.pipeline import Pipeline
+
+    out = Path(args.out or ("image.png" if args.frames == 1 else "video.mp4"))
+    kinds = {".mp4", ".gif", ".mkv", *IMAGE_EXTENSIONS}
+    if out.suffix.lower() not in kinds:
+        raise ValueError(f"--out {out}: use one of {', '.join(sorted(kinds))}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    size = (args.width, args.height, args.frames)
+    pipe = Pipeline.load(args.model, device=args.device, sizes=[size])  # sizes checked first
+    loading = time.perf_counter() - start
+    [video] = pipe.generate(
+        args.prompt,
+        width=args.width,
+        height=args.height,
+        frames=args.frames,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        sampler=args.sampler,
+        negative=args.negative,
+    )
+    start = time.perf_counter()
+    path = _write_output(out, video, args.fps)
+    writing = time.perf_counter() - start
+    what = "image" if len(video) == 1 else f"{len(video)} frames at {args.fps:g} fps"
+    print(f"wrote {path} ({args.width}x{args.height}, {what}, seed {args.seed})")
+    t = pipe.timings
+    total = loading + sum(t.values()) + writing
+    print(
+        f"took {total:.1f} s: loading {loading:.1f} s, text {t['text']:.2f} s, sampling "
+        f"{t['sampling']:.1f} s ({args.steps} {args.sampler} steps), decoding "
+        f"{t['decoding']:.1f} s, writing {writing:.2f} s"
+    )
+    return 0
+
+
 def _eval_vae(args: argparse.Namespace) -> int:
     from kinetoscope.evaluate.vae import evaluate_vae
     from kinetoscope.vae import load_vae
@@ -158,8 +211,21 @@ def _eval_world(args: argparse.Namespace) -> int:
             render_suite(entries, args.render_reference)
         print(f"rendered the ground-truth videos of {', '.join(suites)} to {args.render_reference}")
         return 0
+    if args.model:
+        from kinetoscope.evaluate.world import generate_suite
+        from kinetoscope.pipeline import Pipeline
+
+        args.videos = args.videos or str(Path(args.out or "world-eval") / "videos")
+        sizes = [(e.spec.width, e.spec.height, e.spec.frames) for s in suites.values() for e in s]
+        pipe = Pipeline.load(args.model, sizes=sizes)
+        for name, entries in suites.items():
+            print(f"== generating suite {name} ({len(entries)} prompts) into {args.videos}")
+            options = {"steps": args.steps, "guidance": args.guidance, "seed": args.seed}
+            generate_suite(pipe, entries, args.videos, **options)
     if not args.videos:
-        raise ValueError("give --videos DIR (or --export-suite FILE / --render-reference DIR)")
+        raise ValueError(
+            "give --videos DIR or --model DIR (or --export-suite FILE / --render-reference DIR)"
+        )
     out = Path(args.out) if args.out else Path(args.videos)
     means = {}
     for name, entries in suites.items():
@@ -175,6 +241,15 @@ def _eval_world(args: argparse.Namespace) -> int:
             cells = ["-" if m[key] is None else f"{m[key]:.3f}" for m in means.values()]
             print(f"| {key} | " + " | ".join(cells) + " |")
     return 0
+
+
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None and "" (their help says what happens without the option)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default == "":
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,6 +375,57 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.set_defaults(run=_train)
 
+    generate = sub.add_parser(
+        "generate",
+        help="generate a video (or an image) from a text prompt",
+        description="Generate a video from a text prompt with a trained model: a grid of noise "
+        "of the asked size, denoised by the diffusion transformer under classifier-free "
+        "guidance, decoded by the VAE. The output format follows --out's extension: .mp4 "
+        "(H.264, plays in browsers), .gif, .mkv (lossless), or .png/.jpg/.webp: an image for "
+        "--frames 1, else a folder of numbered PNGs named after --out. The same prompt, seed "
+        "and settings give the same video.",
+        formatter_class=_DefaultsHelp,
+    )
+    generate.add_argument("prompt", help="what the video shows, e.g. 'a red circle moving right'")
+    generate.add_argument(
+        "--model",
+        help="model folder: a run folder written by `kinetoscope train` (its EMA weights, VAE and "
+        "text encoder), or its checkpoint/ema folder (default: the bundled world model)",
+    )
+    generate.add_argument("--width", type=int, default=96, help="width in pixels, a multiple of 16")
+    generate.add_argument(
+        "--height", type=int, default=64, help="height in pixels, a multiple of 16"
+    )
+    generate.add_argument(
+        "--frames", type=int, default=17, help="frames, 1 + 4k (1 is an image: 1, 5, 9, 13, ...)"
+    )
+    generate.add_argument("--steps", type=int, default=30, help="sampler steps")
+    generate.add_argument(
+        "--guidance",
+        type=float,
+        default=4.0,
+        help="classifier-free guidance scale: higher follows the prompt more closely; 1 is off",
+    )
+    generate.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    generate.add_argument(
+        "--sampler",
+        choices=("euler", "heun"),
+        default="euler",
+        help="ODE solver: heun is second order and calls the model twice per step",
+    )
+    generate.add_argument(
+        "--negative",
+        default="",
+        help="negative prompt: what to steer away from under guidance (default: the empty one)",
+    )
+    generate.add_argument(
+        "--out", help="output file (default: video.mp4, or image.png for --frames 1)"
+    )
+    generate.add_argument("--fps", type=float, default=8.0, help="frames per second of the file")
+    generate.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if any)")
+    generate.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    generate.set_defaults(run=_generate)
+
     evaluate = sub.add_parser(
         "eval",
         help="measure a VAE (reconstruction) or videos against the world benchmark",
@@ -332,9 +458,25 @@ def build_parser() -> argparse.ArgumentParser:
         "Writes a JSON report and a contact sheet of the worst cases per suite and prints the "
         "suites side by side. --export-suite writes the prompts and specs for generating the "
         "videos elsewhere; --render-reference renders the ground truth (it scores near 1).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelp,
     )
-    eval_world.add_argument("--videos", help="folder of videos named after the suite entries")
+    eval_world.add_argument(
+        "--videos",
+        help="folder of videos named after the suite entries (with --model: where the generated "
+        "videos go; default <--out or world-eval>/videos)",
+    )
+    eval_world.add_argument(
+        "--model",
+        help="generate every suite prompt at its spec's size with this model (a run folder "
+        "written by `kinetoscope train`) into --videos, then score them",
+    )
+    eval_world.add_argument("--steps", type=int, default=30, help="sampler steps (with --model)")
+    eval_world.add_argument(
+        "--guidance", type=float, default=4.0, help="guidance scale (with --model)"
+    )
+    eval_world.add_argument(
+        "--seed", type=int, default=0, help="seed of suite entry i is seed + i (with --model)"
+    )
     eval_world.add_argument(
         "--suite", default="standard,heldout", help="comma-separated suites: standard, heldout"
     )

@@ -1,6 +1,7 @@
 """The world benchmark: a pixel analyzer of world videos and scores against scene specs."""
 
 from .analyze import ObjectTrack, SceneAnalysis, analyze
+from .generate import generate_suite
 from .motion import MotionFit, fit_motion
 from .report import contact_sheet, evaluate_folder, summary_table
 from .scores import (
@@ -36,6 +37,7 @@ __all__ = [
     "contact_sheet",
     "evaluate_folder",
     "fit_motion",
+    "generate_suite",
     "match_objects",
     "read_suite",
     "reference_analysis",

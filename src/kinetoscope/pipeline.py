@@ -1,0 +1,540 @@
+"""Text-to-video generation: the one place where the VAE, the text encoder and the DiT meet.
+
+    pipe = Pipeline.load("runs/dit")          # a training run folder, or the bundled model
+    [video] = pipe.generate("a red circle moving right", width=96, height=64, frames=17)
+    write_video("circle.mp4", video, fps=8)   # video: T H W 3 uint8 numpy
+
+Loaded once, generating many. `generate` takes one prompt or a list, each at its own size if
+asked (`sizes=[(width, height, frames), ...]`), and returns one `T H W 3` uint8 numpy array
+per prompt, in order. Its steps, each a verb of `Pipeline`:
+
+1. `check_sizes`: refuse sizes the VAE cannot code (and bad settings) before any work, with
+   the nearest valid values in the message.
+2. `encode_text`: prompts, and for classifier-free guidance the negative (default empty)
+   prompts, through the text encoder.
+3. `lay_out`: a grid of noise of each requested size (latent `c t h w`, drawn on the CPU from
+   a generator seeded per prompt), packed into sequences with block masks (`patches.pack`).
+   Known latent frames (`given`) enter here as clean tokens, as the DiT was trained.
+4. `denoise`: a sampler (Euler or Heun) over the rectified-flow ODE, the velocity wrapped in
+   classifier-free guidance, each sample on the schedule its token count shifts (the shift
+   training used, `diffusion.token_shift`).
+5. `patches.unpack`: tokens back to one latent `c t h w` per prompt.
+6. `decode`: the VAE, chunked in time (and tiled in space for large frames).
+7. uint8 frames `T H W 3`.
+
+Determinism: the same prompts, seeds and settings give bit-identical videos on the same machine
+(noise comes from `torch.Generator`s seeded per prompt, on the CPU, whatever the device).
+
+Model folders `Pipeline.load` reads (`find_model` says which parts it found):
+
+    run/                     a DiT training run: run/checkpoint/ema (the EMA weights, to
+                             sample from) and run/vae (the VAE its latents came from)
+    run/checkpoint/          its checkpoint folder: ema/, with the VAE at ../vae
+    bundle/                  dit/ (config.json + model.safetensors) and vae/
+    dit/                     a DiT model folder itself (e.g. run/checkpoint/ema); the VAE is
+                             dit/vae, or that of the run it sits in, or the one its meta names
+
+The text encoder is the one named in the DiT's meta (`text_encoder`: "tiny", "minilm" or a
+local folder), as the trainer records it; `vae=` and `text_encoder=` override either part.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from kinetoscope.checkpoint import load_config, load_meta, load_weights
+from kinetoscope.diffusion import (
+    SAMPLERS,
+    Callback,
+    SamplerStep,
+    Velocity,
+    guided_batched,
+    sample,
+    timestep_schedule,
+    token_shift,
+)
+from kinetoscope.dit import DiT, DiTConfig
+from kinetoscope.io import to_uint8
+from kinetoscope.nn import resolve_precision
+from kinetoscope.patches import PackedBatch, block_attention_mask, pack, patch_grid, unpack
+from kinetoscope.text import TextEncoder, concat_text, load_text_encoder
+from kinetoscope.vae import BUNDLED, VideoVAE, load_vae
+
+Size = tuple[int, int, int]  # (width, height, frames) of a pixel video
+Given = tuple[Tensor, Sequence[int]]  # (clean latent c t h w, latent frame indices it gives)
+
+DEFAULT_SIZE: Size = (96, 64, 17)  # a world-benchmark canvas, 2 s at 8 fps
+DEFAULT_STEPS = 30
+DEFAULT_GUIDANCE = 4.0  # the training previews' scale
+DECODE_CHUNK = 4  # latent frames per VAE decode call after the first: memory of one chunk
+DECODE_TILE = 512  # pixels: larger frames are decoded in blended tiles
+RUN_CHECKPOINT = "checkpoint"  # the trainer's checkpoint folder inside a run
+
+
+def default_model_dir() -> Path:
+    """Where the bundled world model lives inside the package (`weights/world-dit`)."""
+    return Path(__file__).resolve().parent / "weights" / "world-dit"
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the parts of a model folder
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The parts of a model: where each one is loaded from."""
+
+    dit: Path  # DiT model folder (config.json + model.safetensors)
+    vae: Path  # VAE model folder
+    text_encoder: str  # "tiny", "minilm" or a local Hugging Face folder
+    meta: dict  # the DiT's meta (training step, preset, data, ...)
+
+
+def _is_model_folder(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def _find_vae(root: Path, dit: Path, named: str | None) -> Path | None:
+    """The VAE of a DiT: a vae/ folder beside it or in its run, else the one its meta names."""
+    places = [dit, root]
+    if dit.parent.name == RUN_CHECKPOINT:  # run/checkpoint/ema -> run/vae
+        places.append(dit.parent.parent)
+    for place in places:
+        if _is_model_folder(place / "vae"):
+            return place / "vae"
+    if not named:
+        return None
+    if named in BUNDLED:
+        return BUNDLED[named] if _is_model_folder(BUNDLED[named]) else None
+    path = Path(named).expanduser()
+    for candidate in (path, root / path):
+        if _is_model_folder(candidate):
+            return candidate
+    # The bundled VAE of the installation that trained the model, wherever it was.
+    return next((f for f in BUNDLED.values() if f.name == path.name and _is_model_folder(f)), None)
+
+
+def find_model(
+    model_dir: str | os.PathLike | None = None,
+    *,
+    vae: str | os.PathLike | None = None,
+    text_encoder: str | None = None,
+) -> ModelFiles:
+    """Where the DiT (EMA weights where the folder has them), VAE and text encoder of a model
+    folder are (layouts in the module docstring); None: the bundled world model.
+
+    `vae` (a folder or bundled name) and `text_encoder` override what the folder records.
+    Raises ValueError, saying what to pass, when a part cannot be found. Loads no weights.
+    """
+    if model_dir is None:
+        root = default_model_dir()
+        if not root.is_dir():
+            raise ValueError(
+                f"the bundled world model is missing from this installation ({root}); pass "
+                "--model DIR (model_dir=...), a run folder written by `kinetoscope train`"
+            )
+    else:
+        root = Path(model_dir).expanduser()
+        if not root.is_dir():
+            raise ValueError(
+                f"model folder {root} does not exist; pass a run folder written by "
+                "`kinetoscope train` (or its checkpoint/ema folder)"
+            )
+    candidates = [root / RUN_CHECKPOINT / "ema", root / "ema", root / "dit", root]
+    dit = next((c for c in candidates if _is_model_folder(c)), None)
+    if dit is None:
+        raise ValueError(
+            f"{root} holds no DiT: expected a run folder written by `kinetoscope train` "
+            "(checkpoint/ema/), its checkpoint/ folder, or a model folder with config.json and "
+            "model.safetensors"
+        )
+    meta = load_meta(dit)
+    if vae is not None:
+        vae_folder = BUNDLED.get(str(vae), Path(vae))
+    else:
+        vae_folder = _find_vae(root, dit, meta.get("vae"))
+        if vae_folder is None:
+            raise ValueError(
+                f"no VAE found for the DiT in {dit} (its meta names {meta.get('vae')!r}); put "
+                f"the VAE folder it was trained with at {root / 'vae'} or pass vae=DIR"
+            )
+    text = text_encoder or meta.get("text_encoder")
+    if not text:
+        raise ValueError(
+            f"{dit} does not record its text encoder; pass text_encoder='minilm' (or 'tiny', "
+            "or the local folder it was trained with)"
+        )
+    local = text not in ("tiny", "minilm") and not Path(text).expanduser().is_dir()
+    if local and (root / text).is_dir():  # a folder recorded relative to the model
+        text = str(root / text)
+    return ModelFiles(dit, Path(vae_folder), text, meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+
+
+class Pipeline:
+    """Text to video with a DiT, a VAE and a text encoder, loaded once (see the module doc).
+
+    Build from a model folder with `Pipeline.load`, or from parts in memory (tests, notebooks).
+    `precision` is "auto" (bf16 autocast for the DiT where bf16 is fast, as in training), "bf16"
+    or "fp32"; the VAE decodes in fp32. `timings` holds the seconds each stage of the last
+    `generate` took: text, sampling, decoding.
+    """
+
+    def __init__(
+        self,
+        dit: DiT,
+        vae: VideoVAE,
+        text: TextEncoder,
+        *,
+        device: torch.device | str | None = None,
+        precision: str = "auto",
+    ) -> None:
+        if dit.config.latent_channels != vae.config.latent_channels:
+            raise ValueError(
+                f"the DiT takes {dit.config.latent_channels} latent channels but the VAE makes "
+                f"{vae.config.latent_channels}; load the VAE the DiT was trained with"
+            )
+        if dit.config.text_dim != text.dim:
+            raise ValueError(
+                f"the DiT takes text of width {dit.config.text_dim} but the text encoder gives "
+                f"{text.dim}; load the text encoder the DiT was trained with"
+            )
+        if device is None:
+            device = next(dit.parameters()).device
+        self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.dit = dit.to(self.device).eval().requires_grad_(False)
+        self.vae = vae.to(self.device).eval().requires_grad_(False)
+        self.text = text
+        self.files: ModelFiles | None = None  # set by `load`
+        self.timings: dict[str, float] = {}
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | os.PathLike | None = None,
+        *,
+        vae: str | os.PathLike | None = None,
+        text_encoder: str | None = None,
+        device: torch.device | str | None = None,
+        precision: str = "auto",
+        sizes: Sequence[Size] | None = None,
+    ) -> Pipeline:
+        """A pipeline from a model folder (see `find_model`; None: the bundled world model).
+
+        `device` defaults to the GPU where there is one. `sizes` ((width, height, frames), ...)
+        are checked as soon as the VAE is loaded, before the DiT and the text encoder, so a
+        bad size is refused in a fraction of a second.
+        """
+        files = find_model(model_dir, vae=vae, text_encoder=text_encoder)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        vae_model = load_vae(files.vae)
+        if sizes is not None:
+            _check_vae_sizes(vae_model, sizes)
+        dit = DiT(load_config(files.dit, DiTConfig))
+        load_weights(files.dit, dit)
+        text = load_text_encoder(files.text_encoder)
+        pipeline = cls(dit, vae_model, text, device=device, precision=precision)
+        pipeline.files = files
+        return pipeline
+
+    # -- 1. sizes ---------------------------------------------------------------------------
+
+    def check_sizes(self, sizes: Sequence[Size]) -> list[tuple[int, int, int]]:
+        """Latent sizes (t, h, w) of pixel sizes (width, height, frames); ValueError naming the
+        nearest valid values for a size the VAE cannot code or the DiT cannot patch."""
+        latents = _check_vae_sizes(self.vae, sizes)
+        for i, latent in enumerate(latents):
+            try:
+                patch_grid(latent, self.dit.config.patch)
+            except ValueError as error:
+                raise ValueError(f"{_which(i, len(sizes))}{error}") from None
+        return latents
+
+    # -- 2. text ----------------------------------------------------------------------------
+
+    def encode_text(
+        self, prompts: Sequence[str], negatives: Sequence[str] | None = None
+    ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]:
+        """((B, S, Dtxt), (B, S) mask) of the prompts, and of the negative prompts (the
+        unconditional branch of guidance, "" for the empty prompt) where given; on the device."""
+        cond = tuple(x.to(self.device) for x in self.text.encode(list(prompts)))
+        if negatives is None:
+            return cond, None
+        return cond, tuple(x.to(self.device) for x in self.text.encode(list(negatives)))
+
+    # -- 3. noise grid ----------------------------------------------------------------------
+
+    def lay_out(
+        self,
+        latent_sizes: Sequence[tuple[int, int, int]],
+        seeds: Sequence[int],
+        given: Sequence[Given | None] | None = None,
+    ) -> PackedBatch:
+        """Noise latents `c t h w` of the given sizes, one seeded generator each (on the CPU),
+        packed into sequences on the device: each sample whole, short ones sharing.
+
+        `given[i] = (latent c t h w, latent frame indices)` puts those frames of sample i in
+        clean, marked in `given_mask` (timestep 0, never moved by the sampler).
+        """
+        c = self.dit.config.latent_channels
+        noise, given_frames = [], []
+        for i, (size, seed) in enumerate(zip(latent_sizes, seeds, strict=True)):
+            generator = torch.Generator().manual_seed(int(seed))
+            z = torch.randn((c, *size), generator=generator)  # c t h w
+            known = None if given is None else given[i]
+            if known is not None:
+                latent, frames = known
+                if tuple(latent.shape) != tuple(z.shape):
+                    raise ValueError(
+                        f"given latent {i} has shape {tuple(latent.shape)}, but sample {i} is "
+                        f"{tuple(z.shape)}; give a latent of the sample's size"
+                    )
+                z[:, list(frames)] = latent[:, list(frames)].to(z)
+            noise.append(z)
+            given_frames.append(None if known is None else list(known[1]))
+        return pack(noise, patch=self.dit.config.patch, given_frames=given_frames).to(self.device)
+
+    # -- 4. sampling ------------------------------------------------------------------------
+
+    def denoise(
+        self,
+        packed: PackedBatch,
+        text: tuple[Tensor, Tensor],
+        negative: tuple[Tensor, Tensor] | None = None,
+        *,
+        steps: int = DEFAULT_STEPS,
+        guidance: float = DEFAULT_GUIDANCE,
+        sampler: str = "euler",
+        shift: float | None = None,
+        progress: bool = False,
+        callback: Callback | None = None,
+    ) -> Tensor:
+        """Clean tokens (N, L, Din): the sampler run from `packed.tokens` (noise, and clean
+        given tokens) at t = 1 down to t = 0.
+
+        `text` is the prompts' (embeddings (B, S, Dtxt), mask (B, S)), row i for sample i;
+        `negative` the unconditional branch, used when `guidance` is not 1. Each sample follows
+        the schedule its token count shifts (`token_shift`, as in training) unless `shift`
+        gives one shift for all. `callback` sees every step (a `SamplerStep`).
+        """
+        lengths = torch.tensor(packed.lengths)  # (num_samples,)
+        per_sample = token_shift(lengths) if shift is None else torch.full(lengths.shape, shift)
+        shifts = packed.per_token(per_sample.float().to(self.device), fill=1.0)  # (N, L)
+        schedule = timestep_schedule(steps, shifts)  # (steps + 1, N, L)
+        hold = packed.given_mask | ~packed.valid_mask  # given tokens and padding never move
+        use_negative = guidance != 1 and negative is not None
+        velocity = self._velocity(packed, text, negative if use_negative else None, guidance)
+        bar = tqdm(total=steps, desc="sampling", unit="step", disable=not progress)
+
+        def on_step(step: SamplerStep) -> None:
+            bar.update(1)
+            if callback is not None:
+                callback(step)
+
+        try:
+            x = packed.tokens.float()  # (N, L, Din)
+            return sample(velocity, x, schedule, sampler, given=hold, callback=on_step)
+        finally:
+            bar.close()
+
+    def _velocity(
+        self,
+        packed: PackedBatch,
+        text: tuple[Tensor, Tensor],
+        negative: tuple[Tensor, Tensor] | None,
+        guidance: float,
+    ) -> Velocity:
+        """The DiT as a `velocity(x, t)` over the packed tokens, guided when `negative` is set."""
+        coords, index = packed.coords, packed.sample_index  # (N, L, 4), (N, L)
+        embeddings, mask = text  # (B, S, Dtxt), (B, S)
+        if negative is not None:
+            # One call on the doubled batch (`guided_batched`): the conditional sequences, then
+            # the same sequences again with sample i reading text row B + i (its negative).
+            rows = embeddings.shape[0]
+            embeddings, mask = concat_text([text, negative])  # (2B, S', Dtxt), (2B, S')
+            coords = torch.cat([coords, coords])  # (2N, L, 4)
+            index = torch.cat([index, torch.where(index >= 0, index + rows, index)])  # (2N, L)
+        attention = block_attention_mask(coords[..., 0])  # (N or 2N, L, L), built once
+        bf16 = self.precision == "bf16"
+
+        def velocity(x: Tensor, t: Tensor) -> Tensor:
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
+                v = self.dit(x, coords, t, embeddings, mask, index, attention)  # (N, L, Din)
+            return v.float()
+
+        return velocity if negative is None else guided_batched(velocity, guidance)
+
+    # -- 6. decoding ------------------------------------------------------------------------
+
+    def decode(self, latents: Sequence[Tensor]) -> list[np.ndarray]:
+        """uint8 videos `T H W 3` of normalised latents `c t h w`, one VAE call each, chunked
+        in time (`DECODE_CHUNK` latent frames at a time) and tiled beyond `DECODE_TILE` px."""
+        config = self.vae.config
+        tile = max(DECODE_TILE, 2 * config.tile_overlap)
+        videos = []
+        for z in latents:
+            height, width = (n * config.spatial_factor for n in z.shape[-2:])
+            video = self.vae.decode(
+                z[None].float().to(self.device),  # 1 c t h w
+                chunk_frames=DECODE_CHUNK,
+                tile=tile if max(height, width) > tile else None,
+            )  # 1 3 T H W in [-1, 1]
+            videos.append(to_uint8(video[0]))  # T H W 3 uint8
+        return videos
+
+    # -- generate: the steps in order -------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        frames: int | None = None,
+        sizes: Sequence[Size] | None = None,
+        steps: int = DEFAULT_STEPS,
+        guidance: float = DEFAULT_GUIDANCE,
+        seed: int | Sequence[int] = 0,
+        sampler: str = "euler",
+        negative: str | Sequence[str] = "",
+        shift: float | None = None,
+        progress: bool = True,
+        callback: Callback | None = None,
+    ) -> list[np.ndarray]:
+        """Videos for `prompts`: a list of `T H W 3` uint8 numpy arrays, one per prompt, in order.
+
+        Every prompt is `width x height` pixels and `frames` frames (defaults `DEFAULT_SIZE`;
+        frames = 1 is an image), or `sizes[i] = (width, height, frames)` for prompt i. Sizes
+        must be multiples of the VAE's `size_multiple` (16) and frame counts 1 + 4k; others are
+        refused before any work with the nearest valid values. `steps` sampler steps of
+        `sampler` ("euler", or "heun": two DiT calls a step); classifier-free guidance of scale
+        `guidance` against `negative` (one for all prompts or one each; "" is the empty
+        prompt), none at 1. `seed` seeds prompt i's noise with seed + i (or give one seed per
+        prompt): the same seed, prompt and settings give the same video. `shift` replaces the
+        token-count timestep shift. `progress` shows a bar over the steps; `callback` sees each
+        `SamplerStep`. Seconds per stage land in `self.timings`.
+        """
+        # 1. Check every setting and size before any work.
+        prompts = _strings(prompts, "prompts")
+        n = len(prompts)
+        if sizes is None:
+            w, h, f = DEFAULT_SIZE
+            size = (
+                w if width is None else width,
+                h if height is None else height,
+                f if frames is None else frames,
+            )
+            sizes = [size] * n
+        elif (width, height, frames) != (None, None, None):
+            raise ValueError("pass sizes=[(width, height, frames), ...] or width/height/frames")
+        elif len(sizes) != n:
+            raise ValueError(f"sizes has {len(sizes)} entries for {n} prompts; give one each")
+        latent_sizes = self.check_sizes(sizes)
+        if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps}")
+        if not math.isfinite(guidance) or guidance < 0:
+            raise ValueError(f"guidance must be a finite scale >= 0 (1: none), got {guidance}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+        if shift is not None and not (math.isfinite(shift) and shift > 0):
+            raise ValueError(f"shift must be a positive number or None, got {shift}")
+        seeds = (
+            [int(seed) + i for i in range(n)] if isinstance(seed, int | np.integer) else list(seed)
+        )
+        if len(seeds) != n:
+            raise ValueError(f"{len(seeds)} seeds for {n} prompts; give one seed or one each")
+        negatives = [negative] * n if isinstance(negative, str) else _strings(negative, "negative")
+        if len(negatives) != n:
+            raise ValueError(f"{len(negatives)} negatives for {n} prompts; give one or one each")
+
+        # 2. Text: the prompts, and the negatives for the unconditional branch of guidance.
+        start = time.perf_counter()
+        text, uncond = self.encode_text(prompts, negatives if guidance != 1 else None)
+        self.timings = {"text": time.perf_counter() - start}
+
+        # 3. A grid of noise of each size, packed into sequences with block masks.
+        start = time.perf_counter()
+        packed = self.lay_out(latent_sizes, seeds)
+
+        # 4. Sample: guided velocity, each sample on its own token-count-shifted schedule.
+        tokens = self.denoise(
+            packed,
+            text,
+            uncond,
+            steps=int(steps),
+            guidance=float(guidance),
+            sampler=sampler,
+            shift=shift,
+            progress=progress,
+            callback=callback,
+        )  # (N, L, Din)
+
+        # 5. Tokens back to one latent `c t h w` per prompt.
+        latents = unpack(packed, tokens)
+        self.timings["sampling"] = time.perf_counter() - start
+
+        # 6-7. Decode with the VAE to uint8 frames `T H W 3`.
+        start = time.perf_counter()
+        videos = self.decode(latents)
+        self.timings["decoding"] = time.perf_counter() - start
+        return videos
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+
+
+def _which(i: int, count: int) -> str:
+    """A prefix naming size i of a batch in error messages (nothing for a single size)."""
+    return f"sizes[{i}]: " if count > 1 else ""
+
+
+def _check_vae_sizes(vae: VideoVAE, sizes: Sequence[Size]) -> list[tuple[int, int, int]]:
+    """Latent (t, h, w) of each (width, height, frames); the VAE's ValueError, which names the
+    nearest valid values, for one it cannot code."""
+    latents = []
+    for i, size in enumerate(sizes):
+        if len(size) != 3 or not all(isinstance(v, int | np.integer) for v in size):
+            where = _which(i, len(sizes))
+            raise ValueError(f"{where}a size is (width, height, frames) integers, got {size!r}")
+        width, height, frames = (int(v) for v in size)
+        try:
+            latents.append(vae.latent_size(frames, height, width))
+        except ValueError as error:
+            raise ValueError(f"{_which(i, len(sizes))}{error}") from None
+    return latents
+
+
+def _strings(values: str | Sequence[str], name: str) -> list[str]:
+    """One string or a non-empty list of them, as a list."""
+    values = [values] if isinstance(values, str) else list(values)
+    if not values or not all(isinstance(v, str) for v in values):
+        raise ValueError(f"{name} must be a string or a non-empty list of strings")
+    return values
+
+
+__all__ = [
+    "DEFAULT_GUIDANCE",
+    "DEFAULT_SIZE",
+    "DEFAULT_STEPS",
+    "ModelFiles",
+    "Pipeline",
+    "default_model_dir",
+    "find_model",
+]
