@@ -1,6 +1,7 @@
 """The causal video VAE: shapes, causality, chunked and tiled inference, sizes, training."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,11 +10,18 @@ from kinetoscope.vae import VAE_PRESETS, VAEConfig, VideoVAE, compute_latent_sta
 from kinetoscope.vae.losses import VAELossConfig, psnr, vae_loss
 from kinetoscope.vae.model import VAEOutput
 
+# The tiny preset (3D blocks, channel-RMS norms) and the world preset's layout at tiny size
+# (per-frame 2D blocks, per-frame GroupNorm): causality and chunking must hold for both.
+VARIANTS = {
+    "rms-3d": VAE_PRESETS["tiny"],
+    "group-2d": replace(VAE_PRESETS["tiny"], norm="group", temporal_kernel=(1, 1, 1)),
+}
 
-def _vae(seed: int = 0, noise: float = 0.05) -> VideoVAE:
-    """The tiny VAE with every weight perturbed, so no block is the identity of its init."""
+
+def _vae(seed: int = 0, noise: float = 0.05, variant: str = "rms-3d") -> VideoVAE:
+    """A tiny VAE with every weight perturbed, so no block is the identity of its init."""
     torch.manual_seed(seed)
-    vae = VideoVAE(VAE_PRESETS["tiny"]).eval()
+    vae = VideoVAE(VARIANTS[variant]).eval()
     with torch.no_grad():
         for p in vae.parameters():
             p.add_(noise * torch.randn_like(p))
@@ -49,6 +57,29 @@ def test_presets_are_typed_configs_with_the_default_compression():
         assert isinstance(config, VAEConfig)
         assert config.spatial_factor == 8 and config.temporal_factor == 4
     assert VAEConfig().latent_channels == 16
+
+
+def test_norm_and_temporal_kernel_are_checked():
+    with pytest.raises(ValueError, match="norm must be one of"):
+        VAEConfig(norm="batch")
+    with pytest.raises(ValueError, match="temporal_kernel needs one entry of 1 or 3 per level"):
+        VAEConfig(temporal_kernel=(1, 3))
+    assert VAEConfig().temporal_kernel == (3, 3, 3, 3)  # None means 3D blocks everywhere
+
+
+def test_frame_group_norm_never_mixes_frames():
+    from kinetoscope.vae.model import FrameGroupNorm
+
+    norm = FrameGroupNorm(16)
+    x = torch.randn(2, 16, 5, 4, 4)
+    y = norm(x)
+    changed = x.clone()
+    changed[:, :, 3] *= 10.0
+    assert torch.equal(norm(changed)[:, :, :3], y[:, :, :3])
+    # Each frame's channel groups come out zero-mean and unit-variance.
+    groups = y[:, :, 1].reshape(2, 8, -1)
+    assert groups.mean(-1).abs().max() < 1e-5
+    assert (groups.var(-1, unbiased=False) - 1).abs().max() < 1e-3
 
 
 def test_config_rejects_inconsistent_fields():
@@ -105,8 +136,9 @@ def test_sampling_uses_the_generator_and_the_mean_is_deterministic():
 # Causality
 
 
-def test_changing_frame_j_leaves_earlier_latents_unchanged():
-    vae = _vae()
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_changing_frame_j_leaves_earlier_latents_unchanged(variant):
+    vae = _vae(variant=variant)
     video = _video(17, 32, 32)
     changed = video.clone()
     changed[:, :, 9] = -changed[:, :, 9]  # frame 9 belongs to latent frame 3 (frames 9..12)
@@ -116,8 +148,9 @@ def test_changing_frame_j_leaves_earlier_latents_unchanged():
     assert (a[:, :, 3] - b[:, :, 3]).abs().max() > 1e-3
 
 
-def test_decoder_is_causal_too():
-    vae = _vae()
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_decoder_is_causal_too(variant):
+    vae = _vae(variant=variant)
     latents = torch.randn(1, 4, 5, 4, 4)
     changed = latents.clone()
     changed[:, :, 2] += 1.0  # latent frame 2 decodes to frames 5..8
@@ -138,9 +171,10 @@ def test_an_image_is_coded_like_the_first_frame_of_a_video():
 # Chunked inference
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("chunk", [4, 8, 12])
-def test_chunked_encode_equals_one_pass(chunk):
-    vae = _vae()
+def test_chunked_encode_equals_one_pass(chunk, variant):
+    vae = _vae(variant=variant)
     video = _video(25, 32, 48)
     with torch.no_grad():
         full = vae.encode(video)
@@ -149,9 +183,10 @@ def test_chunked_encode_equals_one_pass(chunk):
     assert (chunked - full).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("chunk", [1, 2, 3])
-def test_chunked_decode_equals_one_pass(chunk):
-    vae = _vae()
+def test_chunked_decode_equals_one_pass(chunk, variant):
+    vae = _vae(variant=variant)
     latents = torch.randn(1, 4, 7, 4, 6)
     with torch.no_grad():
         full = vae.decode(latents)

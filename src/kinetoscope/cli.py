@@ -93,7 +93,9 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {"preset": args.preset, "steps": args.steps, "lr": args.lr,
                  "precision": args.precision, "seed": args.seed, "threads": args.threads,
                  "checkpoint_every": args.checkpoint_every, "preview_every": args.preview_every,
-                 "max_frames": args.max_frames, "text_encoder": args.text_encoder}  # fmt: skip
+                 "max_frames": args.max_frames, "text_encoder": args.text_encoder,
+                 "token_budget": args.token_budget, "warmup": args.warmup,
+                 "sequences_per_batch": args.sequences, "max_area": args.max_area}  # fmt: skip
     summary = train_dit(
         args.data,
         args.out,
@@ -369,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--seed", type=int, help="seed of init, data order and draws")
     train.add_argument("--max-frames", type=int, help="frames per clip (1 + 4k)")
+    train.add_argument("--max-area", type=int, help="pixel area cap of a clip")
+    train.add_argument(
+        "--token-budget", type=int, help="tokens per packed sequence (default: longest clip)"
+    )
+    train.add_argument("--sequences", type=int, help="packed sequences per batch")
+    train.add_argument("--warmup", type=int, help="linear warm-up steps")
     train.add_argument("--text-encoder", help="tiny, minilm or a local Hugging Face folder")
     train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     train.add_argument("--preview-every", type=int, help="steps between previews (0: none)")
