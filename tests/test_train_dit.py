@@ -86,6 +86,12 @@ def test_latent_cache_encodes_each_clip_once_and_keys_on_the_vae(world, tmp_path
     assert LatentCache(shorter, vae, tmp_path).path(2) != cache.path(2)
     with pytest.raises(ValueError, match="temporal_crop='start'"):
         LatentCache(ClipDataset(manifest, max_frames=9), vae, tmp_path)
+    # bf16-encoded latents are their own keys, and close to the fp32 ones.
+    half = LatentCache(dataset, vae, tmp_path, precision="bf16")
+    assert half.path(2) != cache.path(2)
+    assert half.encode(2)
+    spread = expected.std().item()
+    assert (half.load(2) - expected).abs().max().item() < 0.1 * spread
 
 
 def test_make_batch_gives_frames_drops_captions_and_is_deterministic():

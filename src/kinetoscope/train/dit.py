@@ -520,7 +520,9 @@ def _train(
         temporal_crop="start",
         seed=config.seed,
     )
-    latents = LatentCache(dataset, vae, cache_dir / "latents")
+    # AVX2-only CPUs: bf16 is 10x slower; "auto" measures (kinetoscope.nn.resolve_precision).
+    precision = resolve_precision(config.precision, device)
+    latents = LatentCache(dataset, vae, cache_dir / "latents", precision)
     latents.fill(list(range(ddp.rank, len(dataset), ddp.world_size)), device, progress and main)
     ddp.barrier()  # every rank's share is on disk before anyone looks for it
     valid = [i for i in range(len(dataset)) if latents.has(i)]  # the same list on every rank
@@ -621,7 +623,6 @@ def _train(
         return out / CHECKPOINT
 
     # 4. The loop.
-    precision = resolve_precision(config.precision, device)  # AVX2-only CPUs: bf16 is 10x slower
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
     show = progress and main
     bar = tqdm(total=config.steps, initial=state["step"], desc="train-dit", disable=not show)

@@ -8,7 +8,9 @@ samples later). The file name is a hash of everything the latent depends on:
   new clip);
 - the VAE: a digest of its config and weights, latent statistics included (`vae_identity`);
 - the dataset's size choices: `max_area`, `max_frames`, `fps` and the temporal crop, which is
-  always `"start"` here, so a clip has exactly one latent.
+  always `"start"` here, so a clip has exactly one latent;
+- the precision of the encoder ("bf16" autocast is about 3x faster on CPUs with native bf16
+  and changes latents by about 1% of their spread, well below the noise diffusion adds).
 
 Files carry the clip path and VAE identity as metadata and are checked on read; they are
 written atomically, so the ranks of one run (each encoding its own share of the clips) and
@@ -53,7 +55,13 @@ class LatentCache:
     `load(i)` returns clip i's latent mean (c, t, h, w); `has(i)` says whether it is cached.
     """
 
-    def __init__(self, dataset: ClipDataset, vae: VideoVAE, directory: str | os.PathLike):
+    def __init__(
+        self,
+        dataset: ClipDataset,
+        vae: VideoVAE,
+        directory: str | os.PathLike,
+        precision: str = "fp32",
+    ):
         if dataset.temporal_crop != "start":
             raise ValueError(
                 "the latent cache needs ClipDataset(..., temporal_crop='start') so each clip "
@@ -62,6 +70,9 @@ class LatentCache:
         self.dataset = dataset
         self.vae = vae
         self.directory = Path(directory)
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.precision = precision
         self.identity = vae_identity(vae)
         self.stats = {"disk": 0, "encoded": 0, "skipped": 0}
 
@@ -76,7 +87,11 @@ class LatentCache:
             stamp = "missing"
         d = self.dataset
         key = "\n".join(
-            map(str, (source, stamp, self.identity, d.max_area, d.max_frames, d.fps, "start"))
+            map(
+                str,
+                (source, stamp, self.identity, d.max_area, d.max_frames, d.fps, "start")
+                + (("bf16",) if self.precision == "bf16" else ()),  # fp32 keys stay as they were
+            )
         )
         digest = hashlib.sha256(key.encode()).hexdigest()
         return self.directory / digest[:2] / f"{digest}.safetensors"
@@ -125,7 +140,10 @@ class LatentCache:
             self.stats["skipped"] += 1
             return False
         video = item["video"][None].to(device)  # 1 3 T H W
-        mean, logvar = self.vae.moments(video)  # raw posterior, 1 c t h w each
+        device_type = torch.device(device).type
+        with torch.autocast(device_type, torch.bfloat16, enabled=self.precision == "bf16"):
+            mean, logvar = self.vae.moments(video)  # raw posterior, 1 c t h w each
+        mean, logvar = mean.float(), logvar.float()
         scale = self.vae.latent_scale.view(-1, 1, 1, 1)
         shift = self.vae.latent_shift.view(-1, 1, 1, 1)
         tensors = {
