@@ -389,7 +389,8 @@ def _save_checkpoint(
         out / f".{CHECKPOINT}.old",
     )
     shutil.rmtree(partial, ignore_errors=True)
-    meta = {**meta, "step": state["step"]}
+    # Step and training seconds so far: enough to plot quality against compute later.
+    meta = {**meta, "step": state["step"], "seconds": round(state["seconds"], 1)}
     save_model(partial / "model", model, model.config, meta=meta)
     save_model(partial / "ema", ema, ema.config, meta={**meta, "ema": True})
     tensors, rest = optimizer_state_to_tensors(optimizer)
