@@ -176,8 +176,9 @@ def test_a_nonfinite_loss_skips_the_step_and_is_counted(world, tmp_path):
         meta = handle.metadata()
     poisoned = {k: torch.full_like(v, float("nan")) for k, v in load_tensors(path).items()}
     save_tensors(path, poisoned, meta=meta)
+    # fp32: the cache poisoned above is the fp32 one (bf16 runs key their own latents).
     summary = train_dit(manifest, tmp_path / "run", vae=vae_folder, cache=cache, steps=5,
-                        progress=False, **FAST)  # fmt: skip
+                        precision="fp32", progress=False, **FAST)  # fmt: skip
     rows = _metrics(tmp_path / "run")
     skipped = [r for r in rows if r["skipped"]]
     assert summary["nonfinite_steps"] == len(skipped) >= 1
