@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import torch
 
 from kinetoscope.pipeline import DEFAULT_GUIDANCE, Pipeline
-from record import markdown_table, record
+from record import markdown_table, record_or_print
 
 SIZES = ("64x64x17", "128x128x33", "256x144x33")
 PROMPT = "a medium red circle moving right and a small blue square falling, on a black background"
@@ -93,11 +92,7 @@ def main() -> None:
         f"{table}\n\nLoad average (1 min) {load_before:.1f} at the start and {load_after:.1f} "
         "at the end."
     )
-    command = " ".join(["python benchmarks/bench_generate.py", *sys.argv[1:]])
-    if args.record:
-        record("generate", "Generation latency", body, command)
-    else:
-        print(body)
+    record_or_print("generate", "Generation latency", body, "bench_generate.py", args.record)
 
 
 if __name__ == "__main__":

@@ -56,3 +56,14 @@ def record(section: str, title: str, body: str, command: str) -> None:
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
     print(block)
+
+
+def record_or_print(section: str, title: str, body: str, script: str, write: bool) -> None:
+    """`record` the section, named after this run's command line, when `write`; else print it."""
+    import sys
+
+    command = " ".join([f"python benchmarks/{script}", *sys.argv[1:]])
+    if write:
+        record(section, title, body, command)
+    else:
+        print(body)

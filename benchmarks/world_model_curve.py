@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -24,7 +23,7 @@ from PIL import Image, ImageDraw
 from kinetoscope.checkpoint import load_meta
 from kinetoscope.evaluate.world import evaluate_folder, generate_suite, suite
 from kinetoscope.pipeline import Pipeline
-from record import markdown_table, record
+from record import markdown_table, record_or_print
 
 SHOWN = ("overall", "adherence", "color", "motion_direction", "permanence")
 COLORS = ((0, 0, 0), (30, 90, 200), (200, 60, 40), (40, 150, 60), (150, 60, 200))
@@ -107,11 +106,13 @@ def main() -> None:
         f"prompt, {args.steps} Euler steps, guidance {args.guidance:g}, seeds fixed; each row is "
         f"one checkpoint of the run (EMA weights). Plot: `{png}`.\n\n{table}"
     )
-    command = " ".join(["python benchmarks/world_model_curve.py", *sys.argv[1:]])
-    if args.record:
-        record("world-curve", "World model: quality against training compute", body, command)
-    else:
-        print(body)
+    record_or_print(
+        "world-curve",
+        "World model: quality against training compute",
+        body,
+        "world_model_curve.py",
+        args.record,
+    )
 
 
 if __name__ == "__main__":

@@ -15,13 +15,7 @@ from kinetoscope.vae.losses import psnr
 
 BUNDLED_FILES = [BUNDLED["world"], default_model_dir()]
 
-
-@pytest.fixture(autouse=True)
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 @pytest.fixture(scope="module")

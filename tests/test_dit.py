@@ -23,14 +23,7 @@ TINY = DIT_PRESETS["tiny"]  # 4 latent channels, patch (1, 2, 2): tokens of widt
 # [0, 3] and [1, 2], so samples share sequences and sit in different ones.
 SHAPES = [(4, 2, 4, 4), (4, 1, 6, 4), (4, 3, 2, 4), (4, 1, 4, 8)]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than handing each small op to two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed):

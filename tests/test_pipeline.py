@@ -30,18 +30,12 @@ from kinetoscope.train.dit import train_dit
 from kinetoscope.vae import VAE_PRESETS, VideoVAE, compute_latent_stats
 
 # World captions run past the tiny test encoder's 64 tokens; its truncation warning is noise.
-pytestmark = pytest.mark.filterwarnings("ignore:prompts longer than")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:prompts longer than"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 FAST = {"steps": 2, "progress": False}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors on a shared machine: one thread is faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -22,20 +22,14 @@ from kinetoscope.train.latents import LatentCache
 from kinetoscope.vae import VAE_PRESETS, VideoVAE, compute_latent_stats, load_vae
 
 # World captions run past the tiny test encoder's 64 tokens; its truncation warning is noise.
-pytestmark = pytest.mark.filterwarnings("ignore:prompts longer than")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:prompts longer than"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 SMALL = WorldConfig(min_side=32, max_side=64, aspect_ratios=("1:1", "2:1"), max_frames=9)
 # Tiny everything, no previews: each step takes milliseconds.
 FAST = {"preset": "tiny", "max_frames": 9, "lr": 3e-3, "warmup": 5, "preview_every": 0}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors on a shared machine: one thread is faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
