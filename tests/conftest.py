@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -33,3 +35,25 @@ def one_thread():
 def two_threads():
     """Real models (the bundled ones): both cores."""
     yield from _threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> tuple[Path, Path]:
+    """(manifest of six small world clips, a tiny VAE folder whose latents have unit scale)."""
+    from kinetoscope.checkpoint import save_model
+    from kinetoscope.data.dataset import ClipDataset
+    from kinetoscope.data.world import WorldConfig, write_world
+    from kinetoscope.vae import VAE_PRESETS, VideoVAE, compute_latent_stats
+
+    root = tmp_path_factory.mktemp("tiny-world")
+    small = WorldConfig(min_side=32, max_side=64, aspect_ratios=("1:1", "2:1"), max_frames=9)
+    manifest = write_world(root / "world", clips=6, seed=5, config=small, workers=1,
+                           progress=False).manifest  # fmt: skip
+    torch.manual_seed(0)
+    vae = VideoVAE(VAE_PRESETS["tiny"]).eval()
+    dataset = ClipDataset(manifest, max_frames=9, temporal_crop="start")
+    shift, scale = compute_latent_stats(vae, (dataset[i]["video"] for i in range(len(dataset))))
+    vae.latent_shift.copy_(shift)
+    vae.latent_scale.copy_(scale)
+    save_model(root / "vae", vae, vae.config)
+    return manifest, root / "vae"

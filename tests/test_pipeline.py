@@ -9,10 +9,8 @@ import pytest
 import torch
 
 import kinetoscope.pipeline as pipeline_module
-from kinetoscope.checkpoint import load_weights, save_model
+from kinetoscope.checkpoint import load_weights
 from kinetoscope.cli import build_parser, main
-from kinetoscope.data.dataset import ClipDataset
-from kinetoscope.data.world import WorldConfig, write_world
 from kinetoscope.diffusion import timestep_schedule, token_shift
 from kinetoscope.dit import DIT_PRESETS, DiT
 from kinetoscope.evaluate.world import suite, write_suite
@@ -27,7 +25,7 @@ from kinetoscope.pipeline import (
 )
 from kinetoscope.text import TinyTextEncoder
 from kinetoscope.train.dit import train_dit
-from kinetoscope.vae import VAE_PRESETS, VideoVAE, compute_latent_stats
+from kinetoscope.vae import VAE_PRESETS, VideoVAE
 
 # World captions run past the tiny test encoder's 64 tokens; its truncation warning is noise.
 pytestmark = [
@@ -39,21 +37,11 @@ FAST = {"steps": 2, "progress": False}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    """A real training run folder: two steps of the tiny DiT on four small world clips."""
+def run(tiny_world, tmp_path_factory) -> Path:
+    """A real training run folder: two steps of the tiny DiT on six small world clips."""
+    manifest, vae = tiny_world
     root = tmp_path_factory.mktemp("pipeline-run")
-    config = WorldConfig(min_side=32, max_side=64, aspect_ratios=("1:1", "2:1"), max_frames=9)
-    manifest = write_world(
-        root / "world", clips=4, seed=1, config=config, workers=1, progress=False
-    ).manifest
-    torch.manual_seed(0)
-    vae = VideoVAE(VAE_PRESETS["tiny"]).eval()
-    dataset = ClipDataset(manifest, max_frames=9, temporal_crop="start")
-    shift, scale = compute_latent_stats(vae, (dataset[i]["video"] for i in range(len(dataset))))
-    vae.latent_shift.copy_(shift)
-    vae.latent_scale.copy_(scale)
-    save_model(root / "vae", vae, vae.config)
-    train_dit(manifest, root / "run", vae=root / "vae", preset="tiny", steps=2, max_frames=9,
+    train_dit(manifest, root / "run", vae=vae, preset="tiny", steps=2, max_frames=9,
               lr=3e-3, warmup=1, preview_every=0, progress=False)  # fmt: skip
     return root / "run"
 

@@ -6,20 +6,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from kinetoscope.checkpoint import load_tensors, save_model, save_tensors
+from kinetoscope.checkpoint import load_tensors, save_tensors
 from kinetoscope.data.dataset import ClipDataset
 from kinetoscope.data.manifest import read_manifest, write_manifest
-from kinetoscope.data.world import WorldConfig, write_world
 from kinetoscope.dit import DIT_PRESETS, DiT
 from kinetoscope.patches import pack
 from kinetoscope.text import load_text_encoder
 from kinetoscope.train.dit import load_dit, make_batch, plot_loss, sample_previews, train_dit
 from kinetoscope.train.latents import LatentCache
-from kinetoscope.vae import VAE_PRESETS, VideoVAE, compute_latent_stats, load_vae
+from kinetoscope.vae import VAE_PRESETS, VideoVAE, load_vae
 
 # World captions run past the tiny test encoder's 64 tokens; its truncation warning is noise.
 pytestmark = [
@@ -27,25 +27,8 @@ pytestmark = [
     pytest.mark.usefixtures("one_thread"),
 ]
 
-SMALL = WorldConfig(min_side=32, max_side=64, aspect_ratios=("1:1", "2:1"), max_frames=9)
 # Tiny everything, no previews: each step takes milliseconds.
 FAST = {"preset": "tiny", "max_frames": 9, "lr": 3e-3, "warmup": 5, "preview_every": 0}
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> tuple[Path, Path]:
-    """(manifest of six small world clips, a tiny VAE folder whose latents have unit scale)."""
-    root = tmp_path_factory.mktemp("dit-world")
-    manifest = write_world(root / "world", clips=6, seed=5, config=SMALL, workers=1,
-                           progress=False).manifest  # fmt: skip
-    torch.manual_seed(0)
-    vae = VideoVAE(VAE_PRESETS["tiny"]).eval()
-    dataset = ClipDataset(manifest, max_frames=9, temporal_crop="start")
-    shift, scale = compute_latent_stats(vae, (dataset[i]["video"] for i in range(len(dataset))))
-    vae.latent_shift.copy_(shift)
-    vae.latent_scale.copy_(scale)
-    save_model(root / "vae", vae, vae.config)
-    return manifest, root / "vae"
 
 
 def _states(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -61,8 +44,8 @@ def _metrics(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_latent_cache_encodes_each_clip_once_and_keys_on_the_vae(world, tmp_path):
-    manifest, vae_folder = world
+def test_latent_cache_encodes_each_clip_once_and_keys_on_the_vae(tiny_world, tmp_path):
+    manifest, vae_folder = tiny_world
     vae = load_vae(vae_folder)
     dataset = ClipDataset(manifest, max_frames=9, temporal_crop="start")
     cache = LatentCache(dataset, vae, tmp_path)
@@ -122,8 +105,8 @@ def test_make_batch_gives_frames_drops_captions_and_is_deterministic():
     assert torch.equal(plain.packed.tokens, expected.tokens)
 
 
-def test_resume_after_n_steps_equals_an_uninterrupted_run(world, tmp_path):
-    manifest, vae = world
+def test_resume_after_n_steps_equals_an_uninterrupted_run(tiny_world, tmp_path):
+    manifest, vae = tiny_world
     run = {**FAST, "steps": 6, "checkpoint_every": 3, "given_prob": 0.5}
     cache = tmp_path / "cache"
     whole = train_dit(manifest, tmp_path / "whole", vae=vae, cache=cache, progress=False, **run)
@@ -156,8 +139,8 @@ def test_resume_after_n_steps_equals_an_uninterrupted_run(world, tmp_path):
                   progress=False, **{**run, "seed": 1})  # fmt: skip
 
 
-def test_a_nonfinite_loss_skips_the_step_and_is_counted(world, tmp_path):
-    manifest, vae_folder = world
+def test_a_nonfinite_loss_skips_the_step_and_is_counted(tiny_world, tmp_path):
+    manifest, vae_folder = tiny_world
     cache = tmp_path / "cache"
     dataset = ClipDataset(manifest, max_frames=9, temporal_crop="start")
     latents = LatentCache(dataset, load_vae(vae_folder), cache / "latents")
@@ -183,23 +166,23 @@ def test_a_nonfinite_loss_skips_the_step_and_is_counted(world, tmp_path):
         assert all(torch.isfinite(p).all() for p in model.parameters()), part
 
 
-def test_previews_decode_a_noise_grid_of_the_asked_size(world):
-    _, vae_folder = world
+def test_previews_decode_a_noise_grid_of_the_asked_size(tiny_world):
+    _, vae_folder = tiny_world
     vae, text = load_vae(vae_folder), load_text_encoder("tiny")
     torch.manual_seed(0)
     dit = DiT(DIT_PRESETS["tiny"]).eval()
     for p in dit.final.parameters():  # a fresh DiT predicts 0; give it a velocity to follow
         torch.nn.init.normal_(p, std=0.1)
     kwargs = {"seed": 3, "steps": 3}
-    videos = sample_previews(dit, vae, text, ["a red circle", "x"], (2, 2, 4), **kwargs)
-    assert [tuple(v.shape) for v in videos] == [(3, 5, 16, 32)] * 2
-    assert all(v.abs().max() <= 1 for v in videos)
-    again = sample_previews(dit, vae, text, ["a red circle", "x"], (2, 2, 4), **kwargs)
-    assert all(torch.equal(a, b) for a, b in zip(videos, again, strict=True))
+    videos = sample_previews(dit, vae, text, ["a red circle", "x"], (32, 16, 5), **kwargs)
+    assert [v.shape for v in videos] == [(5, 16, 32, 3)] * 2
+    assert all(v.dtype == np.uint8 for v in videos)
+    again = sample_previews(dit, vae, text, ["a red circle", "x"], (32, 16, 5), **kwargs)
+    assert all(np.array_equal(a, b) for a, b in zip(videos, again, strict=True))
 
 
-def test_bad_options_are_user_errors(world, tmp_path):
-    manifest, vae = world
+def test_bad_options_are_user_errors(tiny_world, tmp_path):
+    manifest, vae = tiny_world
     with pytest.raises(ValueError, match="unknown DiT preset"):
         train_dit(manifest, tmp_path, vae=vae, preset="huge")
     with pytest.raises(ValueError, match="unknown training option"):
@@ -238,8 +221,8 @@ Path(out, f"summary-{os.environ['RANK']}.json").write_text(json.dumps(summary))
 
 
 @pytest.mark.slow
-def test_two_ddp_ranks_agree_and_match_one_process_on_the_same_global_batch(world, tmp_path):
-    world_manifest, vae = world
+def test_two_ddp_ranks_agree_and_match_one_process_on_the_same_global_batch(tiny_world, tmp_path):
+    world_manifest, vae = tiny_world
     # The clips twice over: an epoch of about 10 batches, each clip still encoded once.
     manifest = write_manifest(tmp_path / "twice.jsonl", read_manifest(world_manifest) * 2)
     cache = tmp_path / "cache"
@@ -274,8 +257,8 @@ def test_two_ddp_ranks_agree_and_match_one_process_on_the_same_global_batch(worl
 
 
 @pytest.mark.slow
-def test_a_tiny_dit_overfits_a_handful_of_world_clips(world, tmp_path):
-    manifest, vae = world
+def test_a_tiny_dit_overfits_a_handful_of_world_clips(tiny_world, tmp_path):
+    manifest, vae = tiny_world
     four = write_manifest(tmp_path / "four.jsonl", read_manifest(manifest)[:4])
     steps = 300
     summary = train_dit(four, tmp_path / "run", vae=vae, steps=steps, progress=False,
@@ -290,10 +273,10 @@ def test_a_tiny_dit_overfits_a_handful_of_world_clips(world, tmp_path):
     assert [p.name for p in previews] == [f"step-{steps:06d}-0.mp4", f"step-{steps:06d}-1.mp4"]
 
 
-def test_cli_train_runs_and_reports(world, tmp_path, capsys):
+def test_cli_train_runs_and_reports(tiny_world, tmp_path, capsys):
     from kinetoscope.cli import main
 
-    manifest, vae = world
+    manifest, vae = tiny_world
     argv = ["train", "--data", str(manifest), "--preset", "tiny", "--out", str(tmp_path / "run"),
             "--steps", "2", "--vae", str(vae), "--max-frames", "9", "--text-encoder", "tiny",
             "--preview-every", "0", "--threads", "1"]  # fmt: skip

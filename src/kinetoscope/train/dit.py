@@ -58,6 +58,7 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -76,19 +77,16 @@ from kinetoscope.checkpoint import (
 from kinetoscope.data.dataset import ClipDataset
 from kinetoscope.diffusion import (
     flow_loss,
-    guided,
     interpolate,
-    sample_euler,
-    timestep_schedule,
-    token_shift,
     token_timesteps,
     training_timesteps,
     velocity_target,
 )
 from kinetoscope.dit import DIT_PRESETS, DiT, DiTConfig
-from kinetoscope.io import to_uint8, write_video
+from kinetoscope.io import write_video
 from kinetoscope.nn import PRECISIONS, resolve_precision
-from kinetoscope.patches import PackedBatch, TokenBudgetBatchSampler, item_tokens, pack, unpack
+from kinetoscope.patches import PackedBatch, TokenBudgetBatchSampler, item_tokens, pack
+from kinetoscope.pipeline import Pipeline
 from kinetoscope.text import EmbeddingCache, load_text_encoder
 from kinetoscope.text.base import TextEncoder
 from kinetoscope.train.latents import LatentCache
@@ -296,38 +294,27 @@ def make_batch(
     )
 
 
-@torch.no_grad()
 def sample_previews(
     dit: DiT,
     vae: VideoVAE,
     text: TextEncoder,
     prompts: list[str],
-    latent_size: tuple[int, int, int],
+    size: tuple[int, int, int],
     *,
     seed: int = 0,
     steps: int = 20,
     guidance: float = 4.0,
     device: torch.device | str = "cpu",
-) -> list[Tensor]:
-    """Videos (3, T, H, W) in [-1, 1] from `prompts`: Euler steps over a packed noise grid of
-    `latent_size` (t, h, w) per prompt, with classifier-free guidance, decoded by `vae`."""
-    generator = torch.Generator().manual_seed(seed)
-    c = dit.config.latent_channels
-    noise = [torch.randn(c, *latent_size, generator=generator) for _ in prompts]
-    packed = pack(noise, patch=dit.config.patch).to(device)  # one sequence per prompt
-    emb, mask = (x.to(device) for x in text.encode(prompts))
-    empty, empty_mask = (x.to(device) for x in text.empty())
-    uncond = empty.expand(len(prompts), -1, -1), empty_mask.expand(len(prompts), -1)
-    shift = packed.per_token(token_shift(torch.tensor(packed.lengths)).to(device), fill=1.0)
-    schedule = timestep_schedule(steps, shift)  # (steps + 1, N, L), each sample its own shift
-
-    def velocity(embeddings: Tensor, embeddings_mask: Tensor):
-        return lambda x, t: dit.forward_packed(x, t, packed, embeddings, embeddings_mask)
-
-    tokens = sample_euler(
-        guided(velocity(emb, mask), velocity(*uncond), guidance), packed.tokens, schedule
+    precision: str = "fp32",
+) -> list[np.ndarray]:
+    """uint8 videos `T H W 3` of `prompts` at `size` (width, height, frames), each prompt i
+    seeded with seed + i: the generation pipeline (Euler, classifier-free guidance) over the
+    model being trained."""
+    pipeline = Pipeline(dit, vae, text, device=device, precision=precision)
+    sizes = [size] * len(prompts)
+    return pipeline.generate(
+        prompts, sizes=sizes, steps=steps, guidance=guidance, seed=seed, progress=False
     )
-    return [vae.decode(z[None])[0] for z in unpack(packed, tokens)]  # 3 T H W each
 
 
 def plot_loss(metrics: str | os.PathLike, path: str | os.PathLike, size=(640, 360)) -> Path:
@@ -600,7 +587,8 @@ def _train(
     prompts = list(config.preview_prompts) or [
         next(iter(dataset.records[i].captions.values()), "") for i in valid[: config.preview_count]
     ]
-    preview_size = vae.latent_size(*dataset.item_size(valid[0]))
+    frames, height, width = dataset.item_size(valid[0])
+    preview_size = (width, height, frames)
     meta = {
         "preset": config.preset,
         "text_encoder": text_name,
@@ -725,9 +713,10 @@ def _train(
             videos = sample_previews(
                 ema, vae, text, prompts, preview_size, seed=config.seed,
                 steps=config.preview_steps, guidance=config.preview_guidance, device=device,
+                precision=precision,
             )  # fmt: skip
             for k, video in enumerate(videos):
-                write_video(out / "previews" / f"step-{state['step']:06d}-{k}.mp4", to_uint8(video))
+                write_video(out / "previews" / f"step-{state['step']:06d}-{k}.mp4", video)
         if state["step"] % config.checkpoint_every == 0 or state["step"] == config.steps:
             save()
             if main:

@@ -9,8 +9,9 @@ samples later). The file name is a hash of everything the latent depends on:
 - the VAE: a digest of its config and weights, latent statistics included (`vae_identity`);
 - the dataset's size choices: `max_area`, `max_frames`, `fps` and the temporal crop, which is
   always `"start"` here, so a clip has exactly one latent;
-- the precision of the encoder ("bf16" autocast is about 3x faster on CPUs with native bf16
-  and changes latents by about 1% of their spread, well below the noise diffusion adds).
+- the precision of the encoder ("bf16" autocast is 1.4-1.8x faster for the world VAE on a CPU
+  with native bf16, docs/benchmarks.md; on world clips it moved latents by 0.3% of their
+  spread on average, far below the noise diffusion adds).
 
 Files carry the clip path and VAE identity as metadata and are checked on read; they are
 written atomically, so the ranks of one run (each encoding its own share of the clips) and

@@ -8,9 +8,10 @@ Layout of time. The first frame is coded on its own and every later group of
 `temporal_factor` frames (4 with the defaults) becomes one latent frame, so `1 + 4k` frames map
 to `1 + k` latent frames and an image is the k = 0 case of the same model. Every convolution
 is causal in time: it pads on the left only, by repeating the first frame, so a latent frame
-never sees a later pixel frame. Normalisation is RMS over channels at each position, which
-mixes neither frames nor pixels; this keeps the model causal, makes chunked inference equal
-to one pass, and confines tiling differences to the tiles' borders.
+never sees a later pixel frame. Normalisation (`VAEConfig.norm`) never mixes frames: RMS over
+channels at each position, or GroupNorm over the pixels of each frame. This keeps the model
+causal and makes chunked inference equal to one pass; with RMS, tiling differences stay at
+the tiles' borders, while per-frame GroupNorm also sees each tile's own statistics.
 
 Chunked inference. In streaming mode each causal convolution keeps the last input frames it
 needs (its cache) from one call to the next, so encoding frames [0], [1..4], [5..8], ...
@@ -52,7 +53,7 @@ class VAEConfig:
     decoder_blocks: int = 2  # the decoder gets one more, as in the LDM autoencoder
     size_multiple: int = 16  # spatial factor x the DiT's 2x2 patch: every latent patchifies
     # Time extent of the residual blocks' kernels at each level: 3 mixes neighbouring frames,
-    # 1 makes the level per-frame 2D (a third of the cost). Time is also mixed by the
+    # 1 makes the level per-frame 2D (a third of those convs' FLOPs). Time is also mixed by the
     # strided down- and upsampling convs, whatever this says. None: 3 at every level.
     temporal_kernel: tuple[int, ...] | None = None
     # "rms": RMS over channels at each position; "group": GroupNorm over channel groups and
@@ -116,8 +117,9 @@ VAE_PRESETS: dict[str, VAEConfig] = {
     # The bundled world VAE (weights/world-vae): small enough to train on a 2-core CPU. 2x2
     # pixels per position from the start, per-frame 2D residual blocks (time is mixed only by
     # the strided convs that halve it twice, and their mirrors in the decoder) and per-frame
-    # GroupNorm: measured on world clips, this learns as fast per step as 3D blocks and costs
-    # a third; channel-RMS norms learnt flat colours slowly (see the model card).
+    # GroupNorm. Measured on world crops (fp32, one thread): 2D blocks reached higher PSNR per
+    # step than 3D ones at 0.45 s a step against 0.61; the norm alone (GroupNorm or channel
+    # RMS, both with 3D blocks) made no difference over 150 steps (see the model card).
     "world": VAEConfig(
         patch_size=2,
         channels=(32, 64, 128),
@@ -249,7 +251,8 @@ class Upsample(nn.Module):
 
     Time: a causal conv makes two frames' worth of channels per frame and they are laid out
     in time; the first frame of a video keeps only its second half, mirroring `Downsample`.
-    Space: nearest-neighbour 2x followed by a causal 3x3x3 conv.
+    Space: nearest-neighbour 2x followed by a causal conv (kt x 3 x 3, kt = the level's
+    temporal kernel).
     """
 
     def __init__(self, c_in: int, c_out: int, temporal: bool, kt: int = 3) -> None:
