@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kinetoscope.checkpoint import load_tensors, save_tensors
+from kinetoscope.checkpoint import load_tensors, save_model, save_tensors
 from kinetoscope.data.dataset import ClipDataset
 from kinetoscope.data.manifest import read_manifest, write_manifest
 from kinetoscope.dit import DIT_PRESETS, DiT
@@ -179,6 +180,28 @@ def test_previews_decode_a_noise_grid_of_the_asked_size(tiny_world):
     assert all(v.dtype == np.uint8 for v in videos)
     again = sample_previews(dit, vae, text, ["a red circle", "x"], (32, 16, 5), **kwargs)
     assert all(np.array_equal(a, b) for a, b in zip(videos, again, strict=True))
+
+
+def test_init_starts_a_run_from_a_models_weights(tiny_world, tmp_path):
+    manifest, vae = tiny_world
+    common = {"vae": vae, "cache": tmp_path / "cache", "progress": False}
+    train_dit(manifest, tmp_path / "first", **common, **{**FAST, "steps": 3})
+    source = tmp_path / "first" / "checkpoint" / "model"
+    # One step at a negligible rate: the tuned run still holds the source's weights ...
+    still = {**FAST, "steps": 1, "lr": 1e-12, "warmup": 0}
+    train_dit(manifest, tmp_path / "tuned", init=str(source), **common, **still)
+    train_dit(manifest, tmp_path / "fresh", **common, **still)
+    a = load_dit(source).state_dict()
+    tuned, fresh = _states(tmp_path / "tuned")["model"], _states(tmp_path / "fresh")["model"]
+    assert all(torch.allclose(a[name], tuned[name], atol=1e-6) for name in a)
+    # ... which a run from a random init does not (adaLN-Zero layers start at zero).
+    assert not torch.allclose(a["final.linear.weight"], fresh["final.linear.weight"], atol=1e-6)
+    # A model made for other latents is refused before training, with both widths named.
+    other = VideoVAE(replace(VAE_PRESETS["tiny"], latent_channels=8))
+    save_model(tmp_path / "vae8", other, other.config)
+    with pytest.raises(ValueError, match="takes 4 latent channels"):
+        train_dit(manifest, tmp_path / "bad", init=str(source), **{**common, "vae": tmp_path / "vae8"},
+                  **still)  # fmt: skip
 
 
 def test_bad_options_are_user_errors(tiny_world, tmp_path):

@@ -32,6 +32,8 @@ def _state(folder: Path) -> dict[str, torch.Tensor]:
 
 def test_resume_after_n_steps_equals_an_uninterrupted_run(world, tmp_path):
     run = {**TRAIN, "steps": 4, "eval_every": 2, "stats_clips": 2, "progress": False}
+    # Single frames mixed in, and an images-only start that ends after the stop.
+    run |= {"images": 1, "image_steps": 3}
     whole = train_vae(world, tmp_path / "whole", **run)
     stopped = train_vae(world, tmp_path / "parts", stop_at=2, **run)
     assert stopped == {"steps": 2, "stopped": True}
@@ -45,6 +47,22 @@ def test_resume_after_n_steps_equals_an_uninterrupted_run(world, tmp_path):
     assert resumed["heldout_psnr"] == whole["heldout_psnr"]
     # The latent statistics were measured and stored with the weights.
     assert not torch.equal(a["latent_scale"], torch.ones_like(a["latent_scale"]))
+
+
+def test_image_steps_train_on_single_frames_then_videos(tmp_path):
+    five = WorldConfig(min_side=32, max_side=32, aspect_ratios=("1:1",), min_frames=5, max_frames=5)
+    clips = write_world(tmp_path / "w", clips=4, seed=3, config=five, workers=1, progress=False)
+
+    def frames_after(steps: int) -> int:
+        out = tmp_path / f"run{steps}"
+        run = {**TRAIN, "steps": steps, "eval_every": 10, "stats_clips": 1, "progress": False}
+        train_vae(clips.manifest, out, images=2, image_steps=2, **run)
+        return json.loads((out / "train_state" / "state.json").read_text())["frames"]
+
+    # Two image steps: batch 2 + 2 images, one frame each.
+    assert frames_after(2) == 2 * (2 + 2)
+    # The third step trains 2 videos of 5 frames and 2 images.
+    assert frames_after(3) - frames_after(2) == 2 * 5 + 2
 
 
 def test_corrupt_clips_are_counted_not_fatal(world, tmp_path):

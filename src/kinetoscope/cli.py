@@ -75,6 +75,8 @@ def _train_vae(args: argparse.Namespace) -> int:
         max_area=args.max_area,
         max_frames=args.max_frames,
         crop=args.crop,
+        images=args.images,
+        image_steps=args.image_steps,
         threads=args.threads,
     )
     psnr = summary.get("heldout_psnr")
@@ -95,7 +97,8 @@ def _train(args: argparse.Namespace) -> int:
                  "checkpoint_every": args.checkpoint_every, "preview_every": args.preview_every,
                  "max_frames": args.max_frames, "text_encoder": args.text_encoder,
                  "token_budget": args.token_budget, "warmup": args.warmup,
-                 "sequences_per_batch": args.sequences, "max_area": args.max_area}  # fmt: skip
+                 "sequences_per_batch": args.sequences, "max_area": args.max_area,
+                 "init": args.init}  # fmt: skip
     summary = train_dit(
         args.data,
         args.out,
@@ -344,6 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
     train_vae.add_argument("--max-frames", type=int, default=9, help="frames per clip (1 + 4k)")
     train_vae.add_argument("--crop", type=int, default=32, help="random crop side (px)")
     train_vae.add_argument(
+        "--images",
+        type=int,
+        default=0,
+        help="single frames (cut from other clips) per step, on top of --batch videos",
+    )
+    train_vae.add_argument(
+        "--image-steps",
+        type=int,
+        default=0,
+        help="first steps that train on single frames only (every clip gives one frame)",
+    )
+    train_vae.add_argument(
         "--threads",
         type=int,
         help="torch CPU threads (default: torch's choice; use 1 on a machine busy with other "
@@ -365,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, default=1000, help="optimizer steps")
     train.add_argument("--vae", help="VAE folder (default: the bundled world VAE)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument(
+        "--init", help="model folder whose weights start the run (fine-tune it; new optimizer)"
+    )
     train.add_argument("--lr", type=float, help="peak learning rate (default: the config's)")
     train.add_argument(
         "--precision", choices=("auto", "bf16", "fp32"), help="default auto: bf16 where fast"

@@ -124,6 +124,7 @@ class DiTTrainConfig:
     text_encoder: str | None = None  # "tiny", "minilm" or a folder; None: by preset
     gradient_checkpointing: bool = False  # recompute blocks in backward: less memory
     seed: int = 0  # init, data order and every random draw
+    init: str | None = None  # model folder whose weights start the run (fine-tuning)
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
     preview_every: int = 500  # steps between preview videos; 0 turns them off
     preview_prompts: tuple[str, ...] = ()  # fixed prompts; empty: the first clips' captions
@@ -521,6 +522,15 @@ def _train(
     # 2. The model (same init on every rank; DDP also broadcasts rank 0's), EMA, optimizer.
     if checkpoint is not None:
         dit_config = load_config(checkpoint / "model", DiTConfig)
+    elif config.init is not None:
+        dit_config = load_config(config.init, DiTConfig)
+        widths = (vae.config.latent_channels, text.dim)
+        if (dit_config.latent_channels, dit_config.text_dim) != widths:
+            raise ValueError(
+                f"--init {config.init} takes {dit_config.latent_channels} latent channels and "
+                f"{dit_config.text_dim}-wide text, this run's VAE and text encoder give "
+                f"{widths[0]} and {widths[1]}"
+            )
     else:
         dit_config = replace(
             DIT_PRESETS[config.preset],
@@ -531,6 +541,8 @@ def _train(
     model = DiT(dit_config)
     if checkpoint is not None:
         load_weights(checkpoint / "model", model)
+    elif config.init is not None:
+        load_weights(config.init, model)
     ema = copy.deepcopy(model).requires_grad_(False)  # fp32 EMA, never wrapped by DDP
     if checkpoint is not None:
         load_weights(checkpoint / "ema", ema)

@@ -5,6 +5,14 @@ spatial crop of at most `crop` pixels per side, gradients accumulated over the c
 step (equal sizes are stacked into one forward), AdamW with warm-up and cosine decay,
 gradient clipping, periodic held-out PSNR and checkpoints that resume to the same state.
 
+Images and videos mixed. A step draws `batch + images` clips: the first `batch` are trained
+as videos, each of the others as one frame picked at random (an image, the k = 0 case of the
+same model). During the first `image_steps` steps every clip gives one frame. Why: frames of
+a clip are nearly the same picture, so a frame cut from a clip teaches the spatial code at a
+ninth of a 9-frame video's cost. Measured on world crops (64x64, bf16, 2 cores): 4 minutes
+on images alone reached 31.6 dB on held-out first frames, where 22 minutes on 9-frame videos
+alone had reached 26 dB; the videos then only have to teach the temporal code.
+
 Determinism. The clip order is a permutation drawn from (seed, epoch), so the clips of step s
 depend on s alone; crops and posterior noise come from two `torch.Generator`s whose states are
 checkpointed with the optimizer. Resuming after N steps therefore gives exactly the weights of
@@ -38,7 +46,7 @@ from kinetoscope.checkpoint import (
     save_model,
     save_tensors,
 )
-from kinetoscope.data.dataset import ClipDataset, collate_clips
+from kinetoscope.data.dataset import ClipDataset
 from kinetoscope.data.manifest import read_manifest
 from kinetoscope.nn import resolve_precision
 from kinetoscope.vae import VAE_PRESETS, VAEConfig, VideoVAE, compute_latent_stats
@@ -118,6 +126,8 @@ def train_vae(
     max_area: int = 256 * 256,
     max_frames: int = 9,
     crop: int = 32,
+    images: int = 0,
+    image_steps: int = 0,
     warmup: int = 100,
     holdout: int = 8,
     stats_clips: int = 64,
@@ -129,7 +139,9 @@ def train_vae(
     """Train a VAE of `preset` on the clips of manifest `data`; write checkpoints to `out`.
 
     `holdout` clips at the end of the manifest are kept out of training for the periodic
-    PSNR. At the end, latent statistics on up to `stats_clips` training clips are stored with
+    PSNR. Each step trains on `batch` videos and `images` single frames of other clips; the
+    first `image_steps` steps on single frames only (see the module docstring). At the end,
+    latent statistics on up to `stats_clips` training clips are stored with
     the weights. `precision="bf16"` runs forward and backward under bf16 autocast (a speed-up
     only on GPUs and CPUs with native bf16, such as AVX512-BF16 or AMX; elsewhere fp32 is
     faster); "auto" picks between them with `kinetoscope.nn.resolve_precision`.
@@ -142,6 +154,8 @@ def train_vae(
         raise ValueError(f"unknown VAE preset {preset!r}; choose one of {sorted(VAE_PRESETS)}")
     if steps < 1 or batch < 1 or eval_every < 1:
         raise ValueError("steps, batch and eval_every must be at least 1")
+    if images < 0 or image_steps < 0:
+        raise ValueError(f"images and image_steps must be >= 0, got {images}, {image_steps}")
     if crop < 16 or crop % 16:
         raise ValueError(f"crop must be a positive multiple of 16, got {crop}")
     if threads:
@@ -194,6 +208,8 @@ def train_vae(
         "max_area": max_area,
         "max_frames": max_frames,
         "crop": crop,
+        "images": images,
+        "image_steps": image_steps,
         "loss": asdict(loss_config),
     }
 
@@ -210,15 +226,26 @@ def train_vae(
         start = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, steps, lr, warmup)
-        # Clips of this step: positions step*batch .. step*batch+batch-1 of the epoch stream.
+        # Clips of this step: positions step*n .. step*n+n-1 of the epoch stream, n = batch +
+        # images; all but the first `batch` (all of them while step < image_steps) give one
+        # random frame.
+        per_step = batch + images
         items = []
-        for position in range(step * batch, (step + 1) * batch):
+        for position in range(step * per_step, (step + 1) * per_step):
             epoch, offset = divmod(position, len(dataset))
             dataset.set_epoch(epoch)
             items.append(dataset[_order(len(dataset), seed, epoch)[offset]])
-        clips = collate_clips(items)
-        state["skipped"] += clips["skipped"]
-        videos = [_crop(video, crop, crop_generator) for video in clips["videos"]]
+        as_videos = 0 if step < image_steps else batch
+        videos = []
+        for index, item in enumerate(items):
+            if item is None:
+                state["skipped"] += 1
+                continue
+            video = item["video"]  # 3 T H W
+            if index >= as_videos:
+                frame = int(torch.randint(video.shape[1], (1,), generator=crop_generator))
+                video = video[:, frame : frame + 1]  # 3 1 H W
+            videos.append(_crop(video, crop, crop_generator))
         optimizer.zero_grad(set_to_none=True)
         # Equal sizes go through one forward; each group's loss is weighted by its share.
         groups: dict[tuple, list[torch.Tensor]] = {}
