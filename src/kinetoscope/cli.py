@@ -344,7 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     train_vae.add_argument("--resume", action="store_true", help="continue from --out")
     train_vae.add_argument("--seed", type=int, default=0, help="seed of init, order and crops")
     train_vae.add_argument("--max-area", type=int, default=256 * 256, help="clip area cap (px)")
-    train_vae.add_argument("--max-frames", type=int, default=9, help="frames per clip (1 + 4k)")
+    train_vae.add_argument(
+        "--max-frames",
+        type=int,
+        default=17,
+        help="frames per clip (1 + 4k); at least the length you will code: a decoded frame "
+        "depends on the last 10 latent frames, and a model trained shorter decodes them badly",
+    )
     train_vae.add_argument("--crop", type=int, default=32, help="random crop side (px)")
     train_vae.add_argument(
         "--images",
