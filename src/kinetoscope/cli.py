@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=17,
         help="frames per clip (1 + 4k); at least the length you will code: a decoded frame "
-        "depends on the last 10 latent frames, and a model trained shorter decodes them badly",
+        "depends on the last 10 latent frames, and frames past the trained length come out badly",
     )
     train_vae.add_argument("--crop", type=int, default=32, help="random crop side (px)")
     train_vae.add_argument(

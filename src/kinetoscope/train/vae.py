@@ -141,11 +141,12 @@ def train_vae(
     `holdout` clips at the end of the manifest are kept out of training for the periodic
     PSNR. Each step trains on `batch` videos and `images` single frames of other clips; the
     first `image_steps` steps on single frames only (see the module docstring). Train on clips
-    at least as long as the clips you will code: in the `world` preset a decoded frame depends on
-    the last 10 latent frames (a latent frame on the last 31 pixel frames), and a model trained on 9-frame clips (3 latent frames) decoded
-    frames 9-16 of 17-frame clips at 23-27 dB against 33 dB for frames 1-8. At the end,
-    latent statistics on up to `stats_clips` training clips are stored with
-    the weights. `precision="bf16"` runs forward and backward under bf16 autocast (a speed-up
+    at least as long as the clips you will code: in the `world` preset a decoded frame depends
+    on the last 10 latent frames (a latent frame on the last 31 pixel frames), and a model
+    trained on 9-frame clips (3 latent frames) decoded frames 9-16 of 17-frame clips at 23-30
+    dB against 32-34 dB for frames 1-8. At the end, latent statistics on up to `stats_clips`
+    training clips are stored with the weights. `precision="bf16"` runs forward and backward
+    under bf16 autocast (a speed-up
     only on GPUs and CPUs with native bf16, such as AVX512-BF16 or AMX; elsewhere fp32 is
     faster); "auto" picks between them with `kinetoscope.nn.resolve_precision`.
     `stop_at` ends this run early at that step, with a checkpoint to `resume` from later (the
