@@ -65,6 +65,24 @@ def test_image_steps_train_on_single_frames_then_videos(tmp_path):
     assert frames_after(3) - frames_after(2) == 2 * 5 + 2
 
 
+def test_init_starts_from_a_trained_vae(world, tmp_path):
+    run = {**TRAIN, "steps": 2, "eval_every": 2, "stats_clips": 1, "progress": False}
+    train_vae(world, tmp_path / "source", **run)
+    # One step at a tiny learning rate stays next to the source's weights...
+    tuned = {**run, "steps": 1, "lr": 1e-9, "warmup": 1}
+    train_vae(world, tmp_path / "tuned", init=tmp_path / "source", **tuned)
+    fresh = train_vae(world, tmp_path / "fresh", **tuned)
+    source, after = _state(tmp_path / "source"), _state(tmp_path / "tuned")
+    weights = [name for name in source if not name.startswith("latent_")]
+    assert all(torch.allclose(source[n], after[n], atol=1e-6) for n in weights)
+    # ... which a fresh model is not.
+    other = _state(tmp_path / "fresh")
+    assert fresh["steps"] == 1
+    assert not all(torch.allclose(source[n], other[n], atol=1e-6) for n in weights)
+    meta = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert str(tmp_path / "source") in json.dumps(meta)
+
+
 def test_corrupt_clips_are_counted_not_fatal(world, tmp_path):
     records = read_manifest(world)
     bad = tmp_path / "broken.mkv"
@@ -114,11 +132,13 @@ def test_cli_train_vae_and_eval_vae(world, tmp_path, capsys):
     out = tmp_path / "vae"
     code = main(
         ["train-vae", "--data", str(world), "--preset", "tiny", "--out", str(out),
-         "--steps", "2", "--batch", "2", "--eval-every", "2", "--max-frames", "5"]
+         "--steps", "2", "--batch", "2", "--eval-every", "2", "--max-frames", "5",
+         "--mse-weight", "3"]
     )  # fmt: skip
     assert code == 0
     assert "trained 2 steps" in capsys.readouterr().out
     assert {"model.safetensors", "config.json"} <= {p.name for p in out.iterdir()}
+    assert '"mse_weight": 3.0' in (out / "config.json").read_text()
     report_dir = tmp_path / "report"
     code = main(
         ["eval", "vae", "--vae", str(out), "--data", str(world), "--limit", "3",

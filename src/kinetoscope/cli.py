@@ -58,6 +58,7 @@ def _index(args: argparse.Namespace) -> int:
 
 def _train_vae(args: argparse.Namespace) -> int:
     from kinetoscope.train.vae import train_vae
+    from kinetoscope.vae.losses import VAELossConfig
 
     summary = train_vae(
         args.data,
@@ -77,6 +78,8 @@ def _train_vae(args: argparse.Namespace) -> int:
         crop=args.crop,
         images=args.images,
         image_steps=args.image_steps,
+        init=args.init,
+        loss_config=VAELossConfig(l1_weight=args.l1_weight, mse_weight=args.mse_weight),
         threads=args.threads,
     )
     psnr = summary.get("heldout_psnr")
@@ -342,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--holdout", type=int, default=8, help="clips at the manifest's end kept for PSNR"
     )
     train_vae.add_argument("--resume", action="store_true", help="continue from --out")
+    train_vae.add_argument(
+        "--init",
+        metavar="VAE",
+        help="start from this VAE's weights (a folder or 'world'; fine-tuning: new optimizer "
+        "and schedule; --preset is then ignored)",
+    )
     train_vae.add_argument("--seed", type=int, default=0, help="seed of init, order and crops")
     train_vae.add_argument("--max-area", type=int, default=256 * 256, help="clip area cap (px)")
     train_vae.add_argument(
@@ -352,6 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
         "depends on the last 10 latent frames, and frames past the trained length come out badly",
     )
     train_vae.add_argument("--crop", type=int, default=32, help="random crop side (px)")
+    train_vae.add_argument(
+        "--l1-weight", type=float, default=1.0, help="weight of the L1 pixel loss (sharp edges)"
+    )
+    train_vae.add_argument(
+        "--mse-weight",
+        type=float,
+        default=1.0,
+        help="weight of the MSE pixel loss (what PSNR measures)",
+    )
     train_vae.add_argument(
         "--images",
         type=int,

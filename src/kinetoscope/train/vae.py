@@ -49,7 +49,7 @@ from kinetoscope.checkpoint import (
 from kinetoscope.data.dataset import ClipDataset
 from kinetoscope.data.manifest import read_manifest
 from kinetoscope.nn import resolve_precision
-from kinetoscope.vae import VAE_PRESETS, VAEConfig, VideoVAE, compute_latent_stats
+from kinetoscope.vae import VAE_PRESETS, VAEConfig, VideoVAE, compute_latent_stats, load_vae
 from kinetoscope.vae.losses import VAELossConfig, psnr, vae_loss
 
 __all__ = ["heldout_psnr", "train_vae"]
@@ -128,6 +128,7 @@ def train_vae(
     crop: int = 32,
     images: int = 0,
     image_steps: int = 0,
+    init: str | os.PathLike | None = None,
     warmup: int = 100,
     holdout: int = 8,
     stats_clips: int = 64,
@@ -148,6 +149,8 @@ def train_vae(
     training clips are stored with the weights. `precision="bf16"` runs forward and backward
     under bf16 autocast (a speed-up only on GPUs and CPUs with native bf16, such as
     AVX512-BF16 or AMX; elsewhere fp32 is faster); "auto" picks between them with `kinetoscope.nn.resolve_precision`.
+    `init` (a VAE folder or bundled name) starts the run from that model's weights and
+    architecture instead of a fresh `preset` (fine-tuning, with a new optimizer and schedule).
     `stop_at` ends this run early at that step, with a checkpoint to `resume` from later (the
     schedule still runs over `steps`). Returns a summary dict (steps, final loss, held-out
     PSNR, wall time, skipped clips).
@@ -188,6 +191,8 @@ def train_vae(
     if resuming:
         vae = VideoVAE(load_config(out, VAEConfig))
         load_weights(out, vae)
+    elif init is not None:
+        vae = load_vae(init)
     else:
         torch.manual_seed(seed)
         vae = VideoVAE(VAE_PRESETS[preset])
@@ -213,6 +218,7 @@ def train_vae(
         "crop": crop,
         "images": images,
         "image_steps": image_steps,
+        "init": None if init is None else str(init),
         "loss": asdict(loss_config),
     }
 
