@@ -44,7 +44,7 @@ def test_bundled_vae_reconstructs_world_clips():
         with torch.no_grad():
             reconstruction = vae.decode(vae.encode(video, chunk_frames=8), chunk_frames=2)
         assert reconstruction.shape == video.shape
-        assert psnr(reconstruction, video) > 33.0  # measured 35.7 and 40.6 when bundled
+        assert psnr(reconstruction, video) > 36.0  # measured 40.5 and 42.7 when bundled
 
 
 def test_bundled_model_generates_a_playable_video(pipe, tmp_path):
@@ -71,7 +71,7 @@ def test_bundled_model_follows_the_background_and_often_the_object_color():
     """At the default settings the model paints the asked background, and often a single
     object of the asked colour (read back by the world benchmark's analyzer). fp32, so the
     result does not depend on whether this CPU has fast bf16. Measured when the model was
-    bundled: 8 of 8 backgrounds and 7 of 8 colours (the model before it: 8 and 4)."""
+    bundled: 8 of 8 backgrounds and 8 of 8 colours (the two models before it: 8 and 7, 8 and 4)."""
     pipe = Pipeline.load(precision="fp32")
     asks = [("red", "black"), ("blue", "beige"), ("yellow", "navy"), ("white", "gray"),
             ("green", "black"), ("purple", "beige"), ("cyan", "navy"), ("orange", "gray")]  # fmt: skip
@@ -83,4 +83,4 @@ def test_bundled_model_follows_the_background_and_often_the_object_color():
         backgrounds += analysis.background == background
         colors += analysis.background == background and color in {o.color for o in analysis.objects}
     assert backgrounds >= 7, f"only {backgrounds} of {len(asks)} backgrounds came out right"
-    assert colors >= 5, f"only {colors} of {len(asks)} object colours came out right"
+    assert colors >= 6, f"only {colors} of {len(asks)} object colours came out right"
