@@ -145,9 +145,14 @@ def test_cli_train_vae_and_eval_vae(world, tmp_path, capsys):
          "--out", str(report_dir), "--max-frames", "5"]
     )  # fmt: skip
     assert code == 0
-    assert "PSNR" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "PSNR" in printed and printed.count("worst: ") == 3
     report = json.loads((report_dir / "report.json").read_text())
     assert report["clips"] == 3 and math.isfinite(report["psnr"]) and 0 < report["ssim"] <= 1
+    clips = report["per_clip"]
+    assert [c["path"] for c in clips] == [r.path for r in read_manifest(world)[:3]]
+    assert min(c["psnr"] for c in clips) == report["min_psnr"]
+    assert all(c["frames"] <= 5 and c["width"] % 16 == 0 for c in clips)
     assert (report_dir / "example-0.gif").stat().st_size > 0
     assert (report_dir / "example-0.png").stat().st_size > 0
 

@@ -192,8 +192,13 @@ def _eval_vae(args: argparse.Namespace) -> int:
         f"{report['latent_bits_per_pixel']:.3f} latent bits/pixel, "
         f"{report['frames_per_second']:.1f} frames/s, {report['skipped']} skipped"
     )
+    for clip in sorted(report["per_clip"], key=lambda clip: clip["psnr"])[:3]:
+        print(
+            f"  worst: {clip['path']} ({clip['width']}x{clip['height']}x{clip['frames']}): "
+            f"PSNR {clip['psnr']:.2f} dB, SSIM {clip['ssim']:.4f}"
+        )
     if args.out:
-        print(f"report and examples: {args.out}")
+        print(f"report (every clip's scores) and examples: {args.out}")
     return 0
 
 

@@ -113,7 +113,8 @@ def evaluate_vae(
     Clips are read at native size under `max_area` and `max_frames` (from their first frame)
     and coded through the posterior mean. With `out`, writes `report.json` and, for the first
     `examples` clips, `example-K.gif` (original | reconstruction) and `example-K.png`
-    (frames, originals on top). Returns the report dict.
+    (frames, originals on top). The report has the means and, under `per_clip`, each clip's
+    path, size, PSNR and SSIM. Returns the report dict.
     """
     vae.eval()
     dataset = ClipDataset(
@@ -123,7 +124,7 @@ def evaluate_vae(
     if count < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     out_path = None if out is None else Path(out)
-    psnrs, ssims, bits = [], [], []
+    psnrs, ssims, bits, per_clip = [], [], [], []
     frames_done, seconds, skipped = 0, 0.0, 0
     indices = range(count)
     if progress:
@@ -145,6 +146,11 @@ def evaluate_vae(
         psnrs.append(psnr(reconstruction, video))
         ssims.append(ssim(reconstruction, video))
         bits.append(latent_bits_per_pixel(vae, *video.shape[1:]))
+        frames, height, width = video.shape[1:]
+        per_clip.append(
+            {"path": dataset.records[index].path, "width": width, "height": height,
+             "frames": frames, "psnr": psnrs[-1], "ssim": ssims[-1]}
+        )  # fmt: skip
         if out_path is not None and len(psnrs) <= examples:
             k = len(psnrs) - 1
             write_video(
@@ -164,6 +170,7 @@ def evaluate_vae(
         "max_area": max_area,
         "max_frames": max_frames,
         "data": str(data),
+        "per_clip": per_clip,  # manifest order; sort by "psnr" for the worst
     }
     if out_path is not None:
         save_json(out_path / "report.json", report)
