@@ -124,7 +124,7 @@ def evaluate_vae(
     if count < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     out_path = None if out is None else Path(out)
-    psnrs, ssims, bits, per_clip = [], [], [], []
+    per_clip, bits = [], []
     frames_done, seconds, skipped = 0, 0.0, 0
     indices = range(count)
     if progress:
@@ -143,27 +143,27 @@ def evaluate_vae(
         reconstruction = vae.decode(latents, chunk_frames=latent_chunk, tile=tile)[0]
         seconds += time.perf_counter() - start
         frames_done += video.shape[1]
-        psnrs.append(psnr(reconstruction, video))
-        ssims.append(ssim(reconstruction, video))
-        bits.append(latent_bits_per_pixel(vae, *video.shape[1:]))
         frames, height, width = video.shape[1:]
+        bits.append(latent_bits_per_pixel(vae, frames, height, width))
         per_clip.append(
             {"path": dataset.records[index].path, "width": width, "height": height,
-             "frames": frames, "psnr": psnrs[-1], "ssim": ssims[-1]}
+             "frames": frames, "psnr": psnr(reconstruction, video),
+             "ssim": ssim(reconstruction, video)}
         )  # fmt: skip
-        if out_path is not None and len(psnrs) <= examples:
-            k = len(psnrs) - 1
+        if out_path is not None and len(per_clip) <= examples:
+            k = len(per_clip) - 1
             write_video(
                 out_path / f"example-{k}.gif", to_uint8(_side_by_side(video, reconstruction))
             )
             write_image(out_path / f"example-{k}.png", to_uint8(_strip(video, reconstruction))[0])
-    if not psnrs:
+    if not per_clip:
         raise ValueError(f"none of the {count} clips of {data} could be read")
+    psnrs = [clip["psnr"] for clip in per_clip]
     report = {
-        "clips": len(psnrs),
+        "clips": len(per_clip),
         "skipped": skipped,
         "psnr": sum(psnrs) / len(psnrs),
-        "ssim": sum(ssims) / len(ssims),
+        "ssim": sum(clip["ssim"] for clip in per_clip) / len(per_clip),
         "min_psnr": min(psnrs),
         "latent_bits_per_pixel": sum(bits) / len(bits),
         "frames_per_second": frames_done / max(seconds, 1e-9),

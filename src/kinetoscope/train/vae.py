@@ -148,12 +148,12 @@ def train_vae(
     dB against 32-34 dB for frames 1-8. At the end, latent statistics on up to `stats_clips`
     training clips are stored with the weights. `precision="bf16"` runs forward and backward
     under bf16 autocast (a speed-up only on GPUs and CPUs with native bf16, such as
-    AVX512-BF16 or AMX; elsewhere fp32 is faster); "auto" picks between them with `kinetoscope.nn.resolve_precision`.
-    `init` (a VAE folder or bundled name) starts the run from that model's weights and
-    architecture instead of a fresh `preset` (fine-tuning, with a new optimizer and schedule).
-    `stop_at` ends this run early at that step, with a checkpoint to `resume` from later (the
-    schedule still runs over `steps`). Returns a summary dict (steps, final loss, held-out
-    PSNR, wall time, skipped clips).
+    AVX512-BF16 or AMX; elsewhere fp32 is faster); "auto" picks between them with
+    `kinetoscope.nn.resolve_precision`. `init` (a VAE folder or bundled name) starts the run
+    from that model's weights and architecture instead of a fresh `preset` (fine-tuning, with
+    a new optimizer and schedule). `stop_at` ends this run early at that step, with a
+    checkpoint to `resume` from later (the schedule still runs over `steps`). Returns a
+    summary dict (steps, final loss, held-out PSNR, wall time, skipped clips).
     """
     precision = resolve_precision(precision)
     if preset not in VAE_PRESETS:
