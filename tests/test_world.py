@@ -300,3 +300,59 @@ def test_cli_world_reports_bad_options(tmp_path, capsys):
     assert code == 2
     assert "nearest valid count is 5" in capsys.readouterr().err
     assert not (tmp_path / "manifest.jsonl").exists()
+
+
+# --- the world-model mix: mirror twins, clean starts, promised shares ---
+
+
+def test_world_model_mix_keeps_its_promised_shares(tmp_path):
+    from kinetoscope.data.world import WORLD_MIXES
+
+    config = WORLD_MIXES["world-model"]
+    write_world(tmp_path, clips=400, seed=11, config=config, workers=1, progress=False)
+    truths = [json.loads(p.read_text()) for p in sorted((tmp_path / "truth").iterdir())]
+    sizes = {(t["canvas"]["width"], t["canvas"]["height"]) for t in truths}
+    assert all(min(wh) >= 48 and max(wh) <= 128 for wh in sizes)
+    ratios = {round(w / h, 2) for w, h in sizes}
+    assert ratios == {1.0, 1.33, 0.75, 1.5, 0.67, 2.0, 0.5}  # every aspect ratio of the mix
+    frames = [t["frames"] for t in truths]
+    assert 0.05 <= sum(f == 1 for f in frames) / len(frames) <= 0.16  # some images
+    assert sum(9 <= f <= 33 for f in frames) / len(frames) > 0.65  # the benchmark's lengths
+    assert any(f > 33 for f in frames)  # and a few longer clips
+    for t in truths:  # no bounce or collision hides the start motion (frames 1-4)
+        assert all(e["frame"] >= 5 for e in t["events"])
+        held = {(o["color"], o["shape"], o["motion"]) for o in t["objects"]}
+        assert not held & set(DEFAULT_HELDOUT)
+    records = read_manifest(tmp_path / "manifest.jsonl")
+    twins = [r for r in records if "mirror_of" in r.extra]
+    assert len(twins) / len(records) > 0.45  # nearly every odd clip is a mirror
+
+
+def _swap_left_right(text: str) -> str:
+    return text.replace("left", "\0").replace("right", "left").replace("\0", "right")
+
+
+def test_a_mirror_twins_caption_matches_the_mirrored_clips_ground_truth(tmp_path):
+    from kinetoscope.data.world import WORLD_MIXES
+
+    config = WORLD_MIXES["world-model"]
+    write_world(tmp_path, clips=40, seed=3, config=config, workers=1, progress=False)
+    records = {r.extra["id"]: r for r in read_manifest(tmp_path / "manifest.jsonl")}
+    checked = 0
+    for twin in (r for r in records.values() if "mirror_of" in r.extra):
+        original = records[twin.extra["mirror_of"]]
+        a, b = (json.loads(Path(r.truth).read_text()) for r in (original, twin))
+        assert a["canvas"] == b["canvas"] and a["frames"] == b["frames"]
+        width = a["canvas"]["width"]
+        for oa, ob, ta, tb in zip(
+            a["objects"], b["objects"], a["tracks"], b["tracks"], strict=True
+        ):
+            # The twin's truth is the original reflected: x -> width - x, left <-> right.
+            assert ob["motion"] == _swap_left_right(oa["motion"])
+            xa, xb = np.array(ta["position"])[:, 0], np.array(tb["position"])[:, 0]
+            np.testing.assert_allclose(xb, width - xa, atol=0.01)
+        # Its captions say its own truth: the same words with left and right swapped.
+        for level, text in original.captions.items():
+            assert twin.captions[level] == _swap_left_right(text), level
+        checked += 1
+    assert checked >= 15

@@ -12,19 +12,24 @@ from pathlib import Path
 
 
 def _world(args: argparse.Namespace) -> int:
-    from kinetoscope.data.world import WorldConfig, parse_exclude, write_world
+    from dataclasses import replace
 
-    config = WorldConfig(
-        min_side=args.min_side,
-        max_side=args.max_side,
-        aspect_ratios=tuple(args.aspect_ratios.split(",")),
-        min_frames=args.min_frames,
-        max_frames=args.max_frames,
-        fps=args.fps,
-        min_objects=args.min_objects,
-        max_objects=args.max_objects,
-        exclude=parse_exclude(args.exclude),
-    )
+    from kinetoscope.data.world import WORLD_MIXES, parse_exclude, write_world
+
+    if args.mix not in WORLD_MIXES:
+        raise ValueError(f"unknown mix {args.mix!r}; choose one of {', '.join(WORLD_MIXES)}")
+    given = {
+        "min_side": args.min_side,
+        "max_side": args.max_side,
+        "aspect_ratios": tuple(args.aspect_ratios.split(",")) if args.aspect_ratios else None,
+        "min_frames": args.min_frames,
+        "max_frames": args.max_frames,
+        "fps": args.fps,
+        "min_objects": args.min_objects,
+        "max_objects": args.max_objects,
+        "exclude": parse_exclude(args.exclude) if args.exclude is not None else None,
+    }
+    config = replace(WORLD_MIXES[args.mix], **{k: v for k, v in given.items() if v is not None})
     start = time.perf_counter()
     summary = write_world(
         Path(args.out), clips=args.clips, seed=args.seed, config=config, workers=args.workers
@@ -101,7 +106,9 @@ def _train(args: argparse.Namespace) -> int:
                  "max_frames": args.max_frames, "text_encoder": args.text_encoder,
                  "token_budget": args.token_budget, "warmup": args.warmup,
                  "sequences_per_batch": args.sequences, "max_area": args.max_area,
-                 "init": args.init}  # fmt: skip
+                 "init": args.init, "timestep_mean": args.timestep_mean,
+                 "probe_every": args.probe_every, "caption_dropout": args.caption_dropout,
+                 "ema_decay": args.ema_decay}  # fmt: skip
     summary = train_dit(
         args.data,
         args.out,
@@ -285,23 +292,30 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--out", required=True, help="output folder")
     world.add_argument("--clips", type=int, default=100, help="number of clips")
     world.add_argument("--seed", type=int, default=0, help="random seed of the whole dataset")
-    world.add_argument("--min-side", type=int, default=32, help="smallest width or height (px)")
-    world.add_argument("--max-side", type=int, default=256, help="largest width or height (px)")
     world.add_argument(
-        "--aspect-ratios",
-        default="1:1,4:3,3:4,16:9,9:16,2:1",
-        help="comma-separated aspect ratios (width:height) to draw from",
+        "--mix",
+        default="default",
+        help="named mix of canvases, durations and scenes: 'default' (every size up to 256 px "
+        "and 65 frames) or 'world-model' (what the bundled world model trains on: up to 128 px, "
+        "mostly 5-33 frames, no early bounces, every clip followed by its left-right mirror); "
+        "the options below override it",
     )
-    world.add_argument("--min-frames", type=int, default=1, help="fewest frames (1 + 4k)")
-    world.add_argument("--max-frames", type=int, default=65, help="most frames (1 + 4k)")
-    world.add_argument("--fps", type=int, default=8, help="frames per second")
-    world.add_argument("--min-objects", type=int, default=1, help="fewest objects per clip")
-    world.add_argument("--max-objects", type=int, default=3, help="most objects per clip")
+    mix = "(default: the mix's)"
+    world.add_argument("--min-side", type=int, help=f"smallest width or height (px) {mix}")
+    world.add_argument("--max-side", type=int, help=f"largest width or height (px) {mix}")
+    world.add_argument(
+        "--aspect-ratios", help=f"comma-separated aspect ratios (width:height) to draw from {mix}"
+    )
+    world.add_argument("--min-frames", type=int, help=f"fewest frames (1 + 4k) {mix}")
+    world.add_argument("--max-frames", type=int, help=f"most frames (1 + 4k) {mix}")
+    world.add_argument("--fps", type=int, help=f"frames per second {mix}")
+    world.add_argument("--min-objects", type=int, help=f"fewest objects per clip {mix}")
+    world.add_argument("--max-objects", type=int, help=f"most objects per clip {mix}")
     world.add_argument(
         "--exclude",
-        default="default",
         help="(color, shape, motion) combinations never generated: 'default' (the held-out "
-        "list of the world benchmark), 'none', or a list like red:circle:fall,blue:square:left",
+        "list of the world benchmark), 'none', or a list like red:circle:fall,blue:square:left "
+        f"{mix}",
     )
     world.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
     world.set_defaults(run=_world)
@@ -427,6 +441,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--text-encoder", help="tiny, minilm or a local Hugging Face folder")
     train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     train.add_argument("--preview-every", type=int, help="steps between previews (0: none)")
+    train.add_argument(
+        "--timestep-mean",
+        type=float,
+        help="location of the logit-normal timestep density (above 0: more training at high "
+        "noise, where layout and motion are decided)",
+    )
+    train.add_argument(
+        "--caption-dropout", type=float, help="empty-prompt rate (for classifier-free guidance)"
+    )
+    train.add_argument("--ema-decay", type=float, help="EMA decay of the sampling weights")
+    train.add_argument(
+        "--probe-every",
+        type=int,
+        help="steps between text-sensitivity probes (loss gap per caption attribute, logged to "
+        "metrics.jsonl and drawn beside the loss; 0: none)",
+    )
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.set_defaults(run=_train)
 

@@ -40,9 +40,11 @@ from .physics import Trajectory, energy, simulate
 from .render import render
 from .scene import (
     DEFAULT_HELDOUT,
+    WORLD_MIXES,
     ObjectSpec,
     SceneSpec,
     WorldConfig,
+    mirror_scene,
     parse_exclude,
     sample_scene,
 )
@@ -58,6 +60,7 @@ __all__ = [
     "SHAPES",
     "SIZES",
     "WALLS",
+    "WORLD_MIXES",
     "Clip",
     "ObjectSpec",
     "SceneSpec",
@@ -70,6 +73,7 @@ __all__ = [
     "energy",
     "ground_truth",
     "make_clip",
+    "mirror_scene",
     "parse_exclude",
     "region",
     "render",

@@ -1,6 +1,7 @@
 """Captions at three levels, each true of its clip and phrased several ways.
 
-- short: the objects, by color and shape ("a red circle and a blue square").
+- short: the objects, by color and shape, and in a video how each one moves, in a user's
+  few words ("a red circle moving right and a blue square falling").
 - medium: every object's size, color, shape and motion, and the background
   ("a small red circle moves right across a black background").
 - long: every object's size, color, shape, start region (3x3 grid), motion, the walls or
@@ -36,6 +37,9 @@ for _d in ("up-right", "up-left", "down-right", "down-left"):
     _vertical, _horizontal = _d.split("-")
     _DIRECTION_PHRASES[_d] = (_d, f"diagonally {_d}", f"{_vertical} and to the {_horizontal}")
 _STILL = ("stays still", "rests", "does not move", "sits still")
+_STILL_SHORT = ("staying still", "not moving", "resting", "sitting still")
+_MOVING = ("moving", "going", "heading", "sliding", "drifting")
+_FALL_SHORT = ("falling", "dropping", "falling down")
 _FALL = ("falls", "drops", "falls under gravity")
 _FALL_BOUNCE = (
     "falls and bounces on the floor",
@@ -91,8 +95,22 @@ def _where(obj) -> str:
     return f"in the {region(obj.x, obj.y)}"
 
 
+def _short_motion(rng: np.random.Generator, motion: str) -> str:
+    """A user's few words for a motion: 'moving left', 'falling', 'staying still'."""
+    if motion == "still":
+        return _pick(rng, _STILL_SHORT)
+    if motion == "fall":
+        return _pick(rng, _FALL_SHORT)
+    return f"{_pick(rng, _MOVING)} {_pick(rng, _DIRECTION_PHRASES[motion])}"
+
+
 def _short(scene: SceneSpec, rng: np.random.Generator) -> str:
-    names = _join([f"a {o.color} {o.shape}" for o in scene.objects])
+    if scene.frames == 1:
+        names = _join([f"a {o.color} {o.shape}" for o in scene.objects])
+    else:  # every video caption names each object's motion, as a user's prompt would
+        names = _join(
+            [f"a {o.color} {o.shape} {_short_motion(rng, o.motion)}" for o in scene.objects]
+        )
     template = _pick(rng, ("{o}", "{o} on a {bg} background", "{o}, {bg} background"))
     return template.format(o=names, bg=scene.background)
 

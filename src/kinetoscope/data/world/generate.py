@@ -34,7 +34,7 @@ from .captions import captions
 from .palette import BACKGROUNDS, COLORS, region
 from .physics import Trajectory, simulate
 from .render import render
-from .scene import ObjectSpec, SceneSpec, WorldConfig, sample_scene
+from .scene import ObjectSpec, SceneSpec, WorldConfig, mirror_scene, sample_scene
 
 DIGITS = 6  # file names 000000.mkv ... 999999.mkv
 
@@ -157,11 +157,57 @@ def _finish(scene: SceneSpec, rng: np.random.Generator, seed: int | None) -> Cli
     return Clip(seed, scene, trajectory, frames, visibility, caption, truth)
 
 
-def make_clip(seed: int | np.random.SeedSequence, config: WorldConfig | None = None) -> Clip:
-    """Draw a scene from the default mix with `seed`, then simulate, render and caption it."""
+def _first_event(trajectory: Trajectory) -> int | None:
+    """The frame of a trajectory's first bounce or collision (None if it has none)."""
+    return min((e["frame"] for e in trajectory.events), default=None)
+
+
+def _draw_scene(rng: np.random.Generator, config: WorldConfig) -> SceneSpec:
+    """A scene of `config`'s mix, drawn again while its first event comes too early."""
+    for _ in range(1000):
+        scene = sample_scene(rng, config)
+        first = _first_event(simulate(scene)) if config.min_event_frame else None
+        if first is None or first >= config.min_event_frame:
+            return scene
+    raise ValueError(
+        f"no scene of this mix keeps its first event at frame {config.min_event_frame} or later "
+        "in 1000 draws; lower min_event_frame or use larger canvases"
+    )
+
+
+def make_clip(
+    seed: int | np.random.SeedSequence, config: WorldConfig | None = None, mirrored: bool = False
+) -> Clip:
+    """Draw a scene from `config`'s mix with `seed`, then simulate, render and caption it.
+
+    `mirrored` makes the scene's left-right mirror instead (`mirror_scene`), captioned with
+    the same phrasings, so the two clips' captions differ only in their direction words.
+    """
     rng = np.random.default_rng(seed)
-    scene = sample_scene(rng, config or WorldConfig())
+    scene = _draw_scene(rng, config or WorldConfig())
+    if mirrored:
+        scene = mirror_scene(scene)
     return _finish(scene, rng, int(seed) if isinstance(seed, int | np.integer) else None)
+
+
+def _is_held_out(scene: SceneSpec, config: WorldConfig) -> bool:
+    held = set(config.exclude)
+    return any((o.color, o.shape, o.motion) in held for o in scene.objects)
+
+
+def _clip_of_index(seed: int, index: int, config: WorldConfig) -> tuple[Clip, bool]:
+    """Clip `index` of a world: its own draw, or with `mirror_twins` the mirror of clip
+    `index - 1` at odd indices (its own draw where the mirror is a held-out combination).
+    Returns the clip and whether it is a mirror."""
+    if not config.mirror_twins:
+        return make_clip(clip_seed(seed, index), config), False
+    pair_seed = clip_seed(seed, index - index % 2)
+    if index % 2 == 0:
+        return make_clip(pair_seed, config), False
+    twin = make_clip(pair_seed, config, mirrored=True)
+    if not _is_held_out(twin.scene, config):
+        return twin, True
+    return make_clip(clip_seed(seed, index), config), False
 
 
 def clip_from_scene(scene: SceneSpec, seed: int = 0) -> Clip:
@@ -172,8 +218,7 @@ def clip_from_scene(scene: SceneSpec, seed: int = 0) -> Clip:
 def _write_one(job: tuple[Path, int, int, WorldConfig]) -> ManifestRecord:
     out, seed, index, config = job
     name = f"{index:0{DIGITS}d}"
-    cseed = clip_seed(seed, index)
-    clip = make_clip(cseed, config)
+    clip, mirrored = _clip_of_index(seed, index, config)
     video = write_video(out / "clips" / f"{name}.mkv", clip.frames, clip.scene.fps)
     truth = out / "truth" / f"{name}.json"
     truth.write_text(json.dumps(clip.truth) + "\n", encoding="utf-8")
@@ -186,7 +231,8 @@ def _write_one(job: tuple[Path, int, int, WorldConfig]) -> ManifestRecord:
         fps=float(scene.fps),
         captions=clip.captions,
         truth=str(truth),
-        extra={"id": name, "seed": cseed},
+        extra={"id": name, "seed": clip.seed}
+        | ({"mirror_of": f"{index - 1:0{DIGITS}d}"} if mirrored else {}),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -287,6 +287,13 @@ class WorldConfig:
     min_objects: int = 1  # a single object is the easiest case to learn
     max_objects: int = 3  # up to 3 objects gives collisions and occlusion, captions stay short
     exclude: tuple[tuple[str, str, str], ...] = DEFAULT_HELDOUT  # held out for the benchmark
+    long_clip_weight: float = LONG_CLIP_WEIGHT  # weight of each count above 33 frames (<= 1)
+    # Scenes whose first bounce or collision comes before this frame are drawn again: the
+    # VAE folds frames 1-4 into one latent frame, so an event there hides the start motion.
+    min_event_frame: int = 0
+    # Every even clip is followed by its left-right mirror (left and right swapped in its
+    # captions): pairs that differ only in the direction words (see `mirror_scene`).
+    mirror_twins: bool = False
 
     def __post_init__(self) -> None:
         check_side(self.min_side, "min_side")
@@ -315,6 +322,10 @@ class WorldConfig:
                 f"need 1 <= min_objects <= max_objects <= {MAX_OBJECTS}, "
                 f"got {self.min_objects} and {self.max_objects}"
             )
+        if not 0 < self.long_clip_weight <= 1:
+            raise ValueError(f"long_clip_weight must be in (0, 1], got {self.long_clip_weight}")
+        if not isinstance(self.min_event_frame, int) or self.min_event_frame < 0:
+            raise ValueError(f"min_event_frame must be 0 or more, got {self.min_event_frame!r}")
         if isinstance(self.exclude, str):
             raise ValueError("exclude is a list of (color, shape, motion); use parse_exclude(text)")
         exclude = tuple(_check_triple(t) for t in self.exclude)
@@ -354,7 +365,8 @@ def _allowed_triples(
 def frame_weights(config: WorldConfig) -> dict[int, float]:
     """Probability of each frame count in the default mix (about 10% one-frame images)."""
     counts = list(range(config.min_frames, config.max_frames + 1, 4))
-    clips = {f: (1.0 if f <= SHORT_CLIP_FRAMES else LONG_CLIP_WEIGHT) for f in counts if f > 1}
+    long = config.long_clip_weight
+    clips = {f: (1.0 if f <= SHORT_CLIP_FRAMES else long) for f in counts if f > 1}
     total = sum(clips.values())
     if 1 not in counts:
         return {f: w / total for f, w in clips.items()}
@@ -479,3 +491,38 @@ def sample_scene(rng: np.random.Generator, config: WorldConfig | None = None) ->
         if len(objects) == count:
             return SceneSpec(width, height, int(frames), config.fps, background, tuple(objects))
     raise AssertionError(f"could not place {count} objects on a {width}x{height} canvas")
+
+
+MIRRORED_MOTIONS = {"left": "right", "right": "left", "up-left": "up-right"}
+MIRRORED_MOTIONS |= {"up-right": "up-left", "down-left": "down-right", "down-right": "down-left"}
+
+
+def mirror_scene(scene: SceneSpec) -> SceneSpec:
+    """The scene reflected left to right: x -> 1 - x, left and right swapped in every motion.
+
+    The world's physics and shapes are symmetric under this reflection (gravity is vertical,
+    triangles point up), so the mirror's clip is the original's, flipped.
+    """
+    objects = tuple(
+        replace(o, x=round(1.0 - o.x, 3), motion=MIRRORED_MOTIONS.get(o.motion, o.motion))
+        for o in scene.objects
+    )
+    return replace(scene, objects=objects)
+
+
+# Named mixes of `kinetoscope world --mix`. "world-model" spends tokens where the world
+# benchmark asks (canvases up to 128 px, 9-33 frames) while keeping every aspect ratio, some
+# images and a few longer clips; it drops clips whose first event hides the start motion and
+# pairs every clip with its mirror, so direction words carry a signal the loss can see.
+WORLD_MIXES: dict[str, WorldConfig] = {
+    "default": WorldConfig(),
+    "world-model": WorldConfig(
+        min_side=48,  # below 48 px a small object is under 8 px: mostly one latent pixel
+        max_side=128,  # the benchmark's largest canvas
+        aspect_ratios=("1:1", "4:3", "3:4", "3:2", "2:3", "2:1", "1:2"),
+        max_frames=49,
+        long_clip_weight=0.1,  # 37-49 frames: about 4% of clips, to keep length generalising
+        min_event_frame=5,
+        mirror_twins=True,
+    ),
+}
