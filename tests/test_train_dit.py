@@ -309,3 +309,16 @@ def test_cli_train_runs_and_reports(tiny_world, tmp_path, capsys):
     assert (tmp_path / "run" / "checkpoint" / "model" / "model.safetensors").is_file()
     assert main(["train", "--data", str(manifest), "--out", str(tmp_path / "x"),
                  "--vae", str(tmp_path / "missing")]) == 2  # fmt: skip
+
+
+def test_the_probe_is_logged_every_n_steps_and_drawn_beside_the_loss(tiny_world, tmp_path):
+    manifest, vae = tiny_world
+    train_dit(manifest, tmp_path / "run", vae=vae, steps=4, progress=False,
+              **{**FAST, "probe_every": 2, "probe_clips": 2, "checkpoint_every": 4})  # fmt: skip
+    rows = _metrics(tmp_path / "run")
+    assert [r["step"] for r in rows if "probe" in r] == [2, 4]
+    probe = rows[-1]["probe"]
+    assert probe["loss"] > 0
+    assert {f"gap_{name}" for name in ("direction", "color", "count")} <= set(probe)
+    image = Image.open(tmp_path / "run" / "loss.png")
+    assert image.size == (2 * 640, 360)  # the probe's panel beside the loss

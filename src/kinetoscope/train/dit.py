@@ -83,6 +83,7 @@ from kinetoscope.diffusion import (
     velocity_target,
 )
 from kinetoscope.dit import DIT_PRESETS, DiT, DiTConfig
+from kinetoscope.evaluate.sensitivity import ATTRIBUTES, build_probe, text_sensitivity
 from kinetoscope.io import write_video
 from kinetoscope.nn import PRECISIONS, resolve_precision
 from kinetoscope.patches import PackedBatch, TokenBudgetBatchSampler, item_tokens, pack
@@ -118,6 +119,10 @@ class DiTTrainConfig:
     precision: str = "auto"  # bf16 autocast where bf16 is fast (GPUs, AVX512-BF16/AMX CPUs)
     caption_dropout: float = 0.1  # empty-prompt rate for classifier-free guidance (Ho 2022)
     given_prob: float = 0.1  # rate of videos with clean given frames (image-to-video, extend)
+    # Location of the logit-normal timestep density (SD3 uses 0). Where each object is and
+    # which way it goes is settled at high noise: the text-sensitivity probe's direction gap
+    # shows at t = 0.7-0.9, so the world model trains with more weight there.
+    timestep_mean: float = 0.0
     max_area: int = 256 * 256  # pixel area cap of a clip (larger ones are downscaled)
     max_frames: int = 17  # frames per clip (1 + 4k): 5 latent frames with the 4x VAE
     fps: float | None = None  # resample clips to this rate; None keeps each clip's
@@ -132,6 +137,8 @@ class DiTTrainConfig:
     preview_steps: int = 20  # Euler steps per preview
     preview_guidance: float = 4.0  # classifier-free guidance scale of previews
     threads: int | None = None  # CPU threads (torch.set_num_threads); None: torch's default
+    probe_every: int = 0  # steps between text-sensitivity probes of the EMA; 0: never
+    probe_clips: int = 32  # probe clips (evaluate.sensitivity): about 8 s of a mini model
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -152,6 +159,8 @@ class DiTTrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.lr <= 0 or self.warmup < 0 or self.grad_clip <= 0 or self.preview_every < 0:
             raise ValueError("lr and grad_clip must be positive, warmup and preview_every >= 0")
+        if self.probe_every < 0 or self.probe_clips < 1:
+            raise ValueError("probe_every must be 0 (off) or more, probe_clips at least 1")
         if self.token_budget is not None and self.token_budget < 1:
             raise ValueError(f"token_budget must be positive or None, got {self.token_budget}")
 
@@ -159,7 +168,7 @@ class DiTTrainConfig:
 # Fields that fix the data order and the draws: a resumed run must keep them.
 RESUME_FIELDS = (
     "preset", "seed", "token_budget", "sequences_per_batch", "accumulate", "max_area",
-    "max_frames", "fps", "caption_dropout", "given_prob", "text_encoder",
+    "max_frames", "fps", "caption_dropout", "given_prob", "text_encoder", "timestep_mean",
 )  # fmt: skip
 
 
@@ -266,6 +275,7 @@ def make_batch(
     patch: tuple[int, int, int],
     caption_dropout: float,
     given_prob: float,
+    timestep_mean: float = 0.0,
 ) -> TrainBatch:
     """Pack latents (c, t, h, w) with their captions into a training batch, drawing from
     `generator` in a fixed order (dropout, given frames, timesteps, noise)."""
@@ -285,7 +295,7 @@ def make_batch(
         frames = range(k * patch[0])
         given_frames.append(list(frames) if sides[i] < 0.5 else [-1 - f for f in frames])
     packed = pack(latents, token_budget, patch, given_frames, num_sequences=sequences)
-    t = training_timesteps(packed.lengths, generator=generator)  # (B,) shifted by length
+    t = training_timesteps(packed.lengths, timestep_mean, generator=generator)  # (B,) shifted
     t_tok = token_timesteps(t, packed.sample_index, packed.given_mask)  # (N, L)
     noise = torch.randn(packed.tokens.shape, generator=generator)  # (N, L, Din)
     x_t = interpolate(packed.tokens, noise, t_tok)
@@ -318,43 +328,70 @@ def sample_previews(
     )
 
 
+_PROBE_COLORS = {
+    "direction": (200, 40, 40), "color": (30, 90, 200), "shape": (40, 160, 60),
+    "size": (230, 140, 20), "background": (120, 120, 120), "count": (150, 60, 200),
+}  # fmt: skip
+
+
+def _panel(draw, box, lines: dict, title: str, log_y: bool) -> None:
+    """Draw named polylines {name: ([(step, value)], rgb, width)} into box (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box
+    left, bottom = x0 + 60, y1 - 30
+    draw.rectangle([left, y0, x1, bottom], outline="black")
+    draw.text((left + 8, y0 + 4), title, fill="black")
+    points = [p for pts, _, _ in lines.values() for p in pts]
+    if not points:
+        return
+    fy = math.log10 if log_y else float
+    lo, hi = min(fy(v) for _, v in points), max(fy(v) for _, v in points)
+    hi = hi if hi > lo else lo + 1e-3
+    s0 = min(s for s, _ in points)
+    s1 = max(max(s for s, _ in points), s0 + 1)
+
+    def xy(step: float, value: float) -> tuple[float, float]:
+        x = left + (step - s0) / (s1 - s0) * (x1 - left)
+        return x, bottom - (fy(value) - lo) / (hi - lo) * (bottom - y0)
+
+    for name, (pts, rgb, width) in lines.items():
+        if pts:
+            line = [xy(s, v) for s, v in pts]
+            draw.line(line if len(line) > 1 else line * 2, fill=rgb, width=width)
+            if name:
+                draw.text((line[-1][0] - 70, line[-1][1] - 12), name, fill=rgb)
+    show = (lambda v: f"{10**v:.3g}") if log_y else (lambda v: f"{v:+.3f}")
+    draw.text((x0 + 4, y0), show(hi), fill="black")
+    draw.text((x0 + 4, bottom - 10), show(lo), fill="black")
+    draw.text((left, bottom + 8), f"step {s0}", fill="black")
+    draw.text((x1 - 80, bottom + 8), f"step {max(s for s, _ in points)}", fill="black")
+
+
 def plot_loss(metrics: str | os.PathLike, path: str | os.PathLike, size=(640, 360)) -> Path:
-    """Draw the loss curve of a metrics JSON Lines file into a PNG with Pillow (log-scale y):
-    each step's loss in grey, a running mean in blue."""
+    """Draw a run's curves from its metrics JSON Lines file into a PNG with Pillow: the loss
+    (log scale; each step in grey, a running mean in blue) and, where the run logged the
+    text-sensitivity probe, its relative gap per attribute in a panel beside it."""
     from PIL import Image, ImageDraw
 
     rows = [json.loads(line) for line in Path(metrics).read_text().splitlines() if line.strip()]
     points = [(r["step"], r["loss"]) for r in rows if r.get("loss") and math.isfinite(r["loss"])]
     points = [(s, loss) for s, loss in points if loss > 0]
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
+    smooth, mean = [], math.log(points[0][1]) if points else 0.0
+    for s, loss in points:
+        mean = 0.9 * mean + 0.1 * math.log(loss)
+        smooth.append((s, math.exp(mean)))
+    probes = [r for r in rows if r.get("probe")]
     width, height = size
-    left, right, top, bottom = 60, 15, 15, 30
-    draw.rectangle([left, top, width - right, height - bottom], outline="black")
-    if points:
-        steps = [s for s, _ in points]
-        logs = [math.log10(loss) for _, loss in points]
-        lo, hi = min(logs), max(logs)
-        hi = hi if hi > lo else lo + 1e-3
-        s0, s1 = steps[0], max(steps[-1], steps[0] + 1)
-
-        def xy(step: float, value: float) -> tuple[float, float]:
-            x = left + (step - s0) / (s1 - s0) * (width - left - right)
-            y = height - bottom - (value - lo) / (hi - lo) * (height - top - bottom)
-            return x, y
-
-        raw = [xy(s, v) for s, v in zip(steps, logs, strict=True)]
-        smooth, mean = [], logs[0]
-        for s, v in zip(steps, logs, strict=True):
-            mean = 0.9 * mean + 0.1 * v
-            smooth.append(xy(s, mean))
-        draw.line(raw if len(raw) > 1 else raw * 2, fill=(180, 180, 180), width=1)
-        draw.line(smooth if len(smooth) > 1 else smooth * 2, fill=(30, 90, 200), width=2)
-        draw.text((4, top), f"{10**hi:.3g}", fill="black")
-        draw.text((4, height - bottom - 10), f"{10**lo:.3g}", fill="black")
-        draw.text((left, height - bottom + 8), f"step {s0}", fill="black")
-        draw.text((width - right - 80, height - bottom + 8), f"step {steps[-1]}", fill="black")
-    draw.text((left + 8, top + 4), "loss (log scale)", fill="black")
+    image = Image.new("RGB", (width * (2 if probes else 1), height), "white")
+    draw = ImageDraw.Draw(image)
+    loss_lines = {"": (points, (180, 180, 180), 1), " ": (smooth, (30, 90, 200), 2)}
+    _panel(draw, (0, 15, width - 15, height), loss_lines, "loss (log scale)", log_y=True)
+    if probes:
+        gap_lines = {
+            name: ([(r["step"], r["probe"][f"gap_{name}"]) for r in probes], rgb, 2)
+            for name, rgb in _PROBE_COLORS.items()
+        }
+        box = (width, 15, 2 * width - 15, height)
+        _panel(draw, box, gap_lines, "text-sensitivity gap (relative loss)", log_y=False)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     image.save(tmp, format="PNG")
@@ -595,6 +632,11 @@ def _train(
             return epoch, ddp.rank + position * ddp.world_size, [valid[j] for j in indices]
         raise AssertionError("the sampler yields no batch")
 
+    # Text-sensitivity probe: fixed rendered clips through this run's VAE (rank 0 only).
+    probe = (
+        build_probe(vae, config.probe_clips, device=device) if config.probe_every and main else None
+    )
+
     # Previews: fixed prompts and seed, at the size of the first clip.
     prompts = list(config.preview_prompts) or [
         next(iter(dataset.records[i].captions.values()), "") for i in valid[: config.preview_count]
@@ -652,6 +694,7 @@ def _train(
                 patch=patch,
                 caption_dropout=config.caption_dropout,
                 given_prob=config.given_prob,
+                timestep_mean=config.timestep_mean,
             )
             packed = batch.packed.to(device)
             # Gradients are all-reduced once per step, on the last batch (no_sync before it).
@@ -719,6 +762,10 @@ def _train(
             "skipped": not finite,
             "nonfinite_steps": state["nonfinite_steps"],
         }
+        if probe is not None and state["step"] % config.probe_every == 0:
+            row["probe"] = text_sensitivity(ema, text, probe, device, precision)
+            gaps = ", ".join(f"{k} {row['probe'][f'gap_{k}']:+.2%}" for k in ATTRIBUTES)
+            log.info("step %d probe gaps: %s", state["step"], gaps)
         if main:
             _append_metrics(metrics_path, row)
         if config.preview_every and state["step"] % config.preview_every == 0 and main:

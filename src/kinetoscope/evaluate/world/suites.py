@@ -64,19 +64,25 @@ class SuiteEntry:
 
 def prompt(spec: SceneSpec) -> str:
     """The suite's prompt for a spec: every object's size, color, shape and motion."""
+    objects = [(o.color, o.shape, o.size, o.motion) for o in spec.objects]
+    return describe(objects, spec.background, video=spec.frames > 1)
+
+
+def describe(objects: list[tuple[str, str, str, str]], background: str, video: bool = True) -> str:
+    """The suite's prompt for (color, shape, size, motion) objects on a background."""
     parts = []
-    for o in spec.objects:
-        words = f"a {o.size} {o.color} {o.shape}"
-        if spec.frames > 1:
-            if o.motion == "still":
+    for color, shape, size, motion in objects:
+        words = f"a {size} {color} {shape}"
+        if video:
+            if motion == "still":
                 words += " staying still"
-            elif o.motion == "fall":
+            elif motion == "fall":
                 words += " falling"
             else:
-                words += f" moving {o.motion}"
+                words += f" moving {motion}"
         parts.append(words)
     listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return f"{listed}, on a {spec.background} background"
+    return f"{listed}, on a {background} background"
 
 
 def _start(motion: str, x: float) -> tuple[float, float]:
