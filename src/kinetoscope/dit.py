@@ -24,13 +24,15 @@ Design, in the order a token meets it:
 - Self-attention with 3D RoPE over each token's (t, h, w) coords, RMS-normalised q and k
   (stable logits in bf16; SD3, Wan) and the block-diagonal mask: a token sees only tokens of
   its own sample.
-- Cross-attention to the text of the token's own sample. The batch's text is flattened to
-  (B*S) keys and a boolean mask (N, L, B*S) lets a token see the unmasked text tokens of its
-  row (`sample_index`). This keeps shapes static (no host sync, torch.compile and DDP
-  friendly) and projects each text token to keys and values once per block; its cost per
-  token grows with the batch's text length B*S rather than S. Where many samples are packed
-  across many sequences, pass each sequence its own text rows (a per-sequence gather) to
-  get that back. Tokens with no visible text (padding, empty prompts) get a zero text branch.
+- Cross-attention to the text of the token's own sample, gathered per sequence. The text is
+  embedded, and projected to keys and values in each block, once per text token on its
+  (B, S) rows; each packed sequence then gathers the rows of its own samples into R*S keys,
+  R the most samples any sequence holds (a sequence with fewer gets masked padding rows),
+  and a boolean mask (N, L, R*S) lets a token see the unmasked text tokens of its row
+  (`sample_index`). So a token's cost grows with the text of its sequence's samples, not
+  with the batch's B*S: more sequences per step do not make every token more expensive.
+  Finding R takes one host sync per forward (a graph break under torch.compile). Tokens
+  with no visible text (padding, empty prompts) get a zero text branch.
 - MLP (GELU-tanh, see `kinetoscope.nn.MLP`), then a modulated final norm and a linear layer
   to the token width.
 """
@@ -136,12 +138,14 @@ class DiTConfig:
 
     def flops_per_token(self, seq_len: int, text_len: int = 0) -> int:
         """Forward matmul FLOPs per token in a sequence of `seq_len` tokens (x3 for a training
-        step), attending to `text_len` text tokens (B*S: the flattened text of the batch).
+        step), attending to `text_len` text tokens: the text of the sequence's own samples
+        (R*S, R text rows of S tokens, padding included; see `sequence_text`).
 
         Counts every matmul a token goes through, 2 FLOPs per multiply-add: the linear layers,
         attention scores and weighted sums over all `seq_len` keys (a masked dense kernel
         computes them all) and `text_len` text keys, and the text projection and text
-        keys/values for one sequence, spread over its tokens. Norms, RoPE, softmax and
+        keys/values of those `text_len` tokens, spread over the sequence's tokens (exact when
+        every text row passed belongs to a sample of the sequence). Norms, RoPE, softmax and
         element-wise ops are left out.
         """
         d, din, f, h = self.hidden_size, self.in_channels, self.frequency_dim, self.mlp_hidden
@@ -206,7 +210,7 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Multi-head attention from tokens to the batch's flattened text, under a boolean mask."""
+    """Multi-head attention from tokens to their sequence's own text rows, under a boolean mask."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
         super().__init__()
@@ -218,13 +222,13 @@ class CrossAttention(nn.Module):
         self.k_norm = RMSNorm(head_dim, eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, text: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, text: Tensor, rows: Tensor, mask: Tensor) -> Tensor:
         n, seq, dim = x.shape
         q = self.q(x).view(n, seq, self.num_heads, -1).transpose(1, 2)  # (N, H, L, Dh)
-        kv = self.kv(text).view(len(text), 2, self.num_heads, -1)  # (B*S, 2, H, Dh)
-        k, v = kv.permute(1, 2, 0, 3).unbind(0)  # (H, B*S, Dh) each
+        kv = self.kv(text)[rows]  # (N, R, S, 2D): each text token projected once, then gathered
+        kv = kv.flatten(1, 2).unflatten(-1, (2, self.num_heads, -1))  # (N, R*S, 2, H, Dh)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # (N, H, R*S, Dh) each
         q, k = self.q_norm(q), self.k_norm(k)
-        k, v = k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)  # (N, H, B*S, Dh), a view
         out = masked_attention(q, k, v, mask)  # (N, H, L, Dh)
         return self.proj(out.transpose(1, 2).reshape(n, seq, dim))  # (N, L, D)
 
@@ -253,13 +257,14 @@ class DiTBlock(nn.Module):
         sin: Tensor,
         self_mask: Tensor,
         text: Tensor,
+        text_rows: Tensor,
         cross_mask: Tensor,
         text_gate: Tensor,
     ) -> Tensor:
         mod = mod + self.modulation.to(mod.dtype)  # (N, L, 6, D)
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(2)  # (N, L, D) each
         x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin, self_mask)
-        x = x + text_gate * self.cross_attn(self.norm2(x), text, cross_mask)
+        x = x + text_gate * self.cross_attn(self.norm2(x), text, text_rows, cross_mask)
         return x + gate2 * self.mlp(modulate(self.norm3(x), shift2, scale2))  # (N, L, D)
 
 
@@ -281,19 +286,32 @@ class FinalLayer(nn.Module):
 # The model
 
 
-def text_attention_mask(sample_index: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Cross-attention mask over the flattened text and a gate for tokens that see no text.
+def sequence_text(sample_index: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The text rows each sequence attends to, its cross-attention mask and a no-text gate.
 
     sample_index (N, L): the text row of each token (-1 for none); text_mask (B, S) bool.
-    Returns mask (N, L, B*S), True where a token may see a text token (its own row and
-    unmasked), and gate (N, L, 1) bool, False where a token sees none. Such rows are opened
-    to every key (no kernel then meets an all-False row) and the gate zeroes their output.
+    Sequence n uses the distinct rows its tokens name, in increasing order; R is the most
+    any sequence uses (at least 1) and a sequence with fewer is padded with rows no token
+    sees. Returns rows (N, R) into the text; mask (N, L, R*S) over the gathered text, True
+    where a token may see a text token (its own row and unmasked); gate (N, L, 1) bool, False
+    where a token sees none. Such rows are opened to every key (no kernel then meets an
+    all-False row) and the gate zeroes their output.
     """
-    b, s = text_mask.shape
-    key_row = torch.arange(b, device=text_mask.device).repeat_interleave(s)  # (B*S,)
-    mask = (sample_index[..., None] == key_row) & text_mask.reshape(-1)  # (N, L, B*S)
+    (n, _), (b, s) = sample_index.shape, text_mask.shape
+    used = torch.zeros(n, b + 1, dtype=torch.bool, device=sample_index.device)
+    used = used.scatter_(1, sample_index.clamp(min=-1) + 1, True)[:, 1:]  # (N, B): rows in use
+    # R is a shape, so it is read on the host: one sync per forward (under torch.compile, a
+    # graph break; every other step keeps to tensors).
+    r = max(1, int(used.sum(1).max()))
+    rows = torch.argsort(~used, dim=1, stable=True)[:, :r]  # (N, R): used rows first, in order
+    slot = used.cumsum(1) - 1  # (N, B): a used row's place among its sequence's rows
+    own_slot = slot.gather(1, sample_index.clamp(min=0))  # (N, L)
+    own_slot = own_slot.masked_fill(sample_index < 0, -1)  # (N, L); -1: no text row
+    key_slot = torch.arange(r, device=rows.device).repeat_interleave(s)  # (R*S,)
+    visible = text_mask[rows].flatten(1)  # (N, R*S)
+    mask = (own_slot[..., None] == key_slot) & visible[:, None]  # (N, L, R*S)
     gate = mask.any(dim=-1, keepdim=True)  # (N, L, 1)
-    return mask | ~gate, gate
+    return rows, mask | ~gate, gate
 
 
 class DiT(nn.Module):
@@ -387,8 +405,10 @@ class DiT(nn.Module):
                 f"text must be (B, S, {cfg.text_dim}), got {tuple(text.shape)}; set text_dim to "
                 "the text encoder's width"
             )
-        if text.shape[1] == 0:
-            raise ValueError("text needs at least one token per row; mask unused ones out")
+        if text.shape[0] == 0 or text.shape[1] == 0:
+            raise ValueError(
+                "text needs at least one token per row and one row; mask unused ones out"
+            )
         if tuple(text_mask.shape) != tuple(text.shape[:2]):
             raise ValueError(
                 f"text_mask must be (B, S) = {tuple(text.shape[:2])}, got {tuple(text_mask.shape)}"
@@ -432,11 +452,12 @@ class DiT(nn.Module):
         mod = self.t_modulation(c).unflatten(-1, (6, cfg.hidden_size))  # (N, L, 6, D)
         cos, sin = rope_3d(coords[..., 1:], cfg.head_dim, cfg.rope_theta, cfg.rope_split)
         cos, sin = cos[:, None], sin[:, None]  # (N, 1, L, Dh/2): shared by the heads
-        y = self.text_embedder(text).flatten(0, 1)  # (B*S, D): the batch's text, flattened
-        cross_mask, has_text = text_attention_mask(sample_index, text_mask.bool())  # (N, L, B*S)
+        y = self.text_embedder(text)  # (B, S, D): each text token once; blocks gather per sequence
+        # Each sequence's own text rows (N, R), the mask over them (N, L, R*S), gate (N, L, 1).
+        rows, cross_mask, has_text = sequence_text(sample_index, text_mask.bool())
         text_gate = has_text.to(x.dtype)  # (N, L, 1)
         for block in self.blocks:
-            args = (x, mod, cos, sin, attention_mask, y, cross_mask, text_gate)
+            args = (x, mod, cos, sin, attention_mask, y, rows, cross_mask, text_gate)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, *args, use_reentrant=False)  # (N, L, D)
             else:
@@ -454,4 +475,4 @@ class DiT(nn.Module):
         return self(x, packed.coords, t, text, text_mask, packed.sample_index)
 
 
-__all__ = ["DIT_PRESETS", "DiT", "DiTBlock", "DiTConfig", "text_attention_mask"]
+__all__ = ["DIT_PRESETS", "DiT", "DiTBlock", "DiTConfig", "sequence_text"]
