@@ -1,6 +1,7 @@
 """Training the DiT: latent cache, batches, exact resume, non-finite steps, DDP, overfitting."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -322,3 +323,16 @@ def test_the_probe_is_logged_every_n_steps_and_drawn_beside_the_loss(tiny_world,
     assert {f"gap_{name}" for name in ("direction", "color", "count")} <= set(probe)
     image = Image.open(tmp_path / "run" / "loss.png")
     assert image.size == (2 * 640, 360)  # the probe's panel beside the loss
+
+
+def test_device_option_trains_on_cpu_under_bf16_and_refuses_devices_it_lacks(tiny_world, tmp_path):
+    manifest, vae = tiny_world
+    summary = train_dit(manifest, tmp_path / "run", vae=vae, steps=2, progress=False,
+                        **{**FAST, "device": "cpu", "precision": "bf16"})  # fmt: skip
+    assert summary["steps"] == 2 and math.isfinite(summary["final_loss"])
+    for device, message in (("tpu", "unknown device"), ("mps", "cpu or cuda")):
+        with pytest.raises(ValueError, match=message):
+            train_dit(manifest, tmp_path / device, vae=vae, steps=1, device=device, **FAST)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            train_dit(manifest, tmp_path / "cuda", vae=vae, steps=1, device="cuda", **FAST)

@@ -108,7 +108,7 @@ def _train(args: argparse.Namespace) -> int:
                  "sequences_per_batch": args.sequences, "max_area": args.max_area,
                  "init": args.init, "timestep_mean": args.timestep_mean,
                  "probe_every": args.probe_every, "caption_dropout": args.caption_dropout,
-                 "ema_decay": args.ema_decay}  # fmt: skip
+                 "ema_decay": args.ema_decay, "device": args.device}  # fmt: skip
     summary = train_dit(
         args.data,
         args.out,
@@ -458,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
         "metrics.jsonl and drawn beside the loss; 0: none)",
     )
     train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument(
+        "--device", help="cpu, cuda or cuda:N (default: the GPU if any; under torchrun each rank's)"
+    )
     train.set_defaults(run=_train)
 
     generate = sub.add_parser(

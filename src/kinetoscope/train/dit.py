@@ -137,6 +137,7 @@ class DiTTrainConfig:
     preview_steps: int = 20  # Euler steps per preview
     preview_guidance: float = 4.0  # classifier-free guidance scale of previews
     threads: int | None = None  # CPU threads (torch.set_num_threads); None: torch's default
+    device: str | None = None  # "cpu", "cuda", "cuda:1"; None: this rank's GPU if any
     probe_every: int = 0  # steps between text-sensitivity probes of the EMA; 0: never
     probe_clips: int = 32  # probe clips (evaluate.sensitivity): about 8 s of a mini model
 
@@ -204,13 +205,37 @@ class Distributed:
             dist.barrier()
 
 
-def setup_distributed() -> Distributed:
+def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
+    """The device a process trains on: `name` ("cpu", "cuda", "cuda:1"), or the GPU of this
+    local rank if there is one and `name` is None. ValueError for a device this machine lacks."""
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from error
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"training runs on cpu or cuda, not {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: this machine has no CUDA GPU; use --device cpu")
+        index = local_rank if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device cuda:{index} does not exist: {torch.cuda.device_count()} GPU(s)"
+            )
+        device = torch.device("cuda", index)
+    return device
+
+
+def setup_distributed(device_name: str | None = None) -> Distributed:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, ...), if any.
 
     NCCL on GPUs, gloo on CPUs. Without torchrun's variables this is world size 1 on one device.
+    `device_name` as in `resolve_device` (under torchrun, "cuda" is each rank's own GPU).
     """
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device_name, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if dist.is_available() and dist.is_initialized():
@@ -500,7 +525,7 @@ def train_dit(
     if config.threads:
         torch.set_num_threads(config.threads)
     vae_folder = _resolve_vae(vae)
-    ddp = setup_distributed()
+    ddp = setup_distributed(config.device)
     try:
         paths = Path(data), Path(out), vae_folder, Path(cache) if cache is not None else None
         return _train(*paths, config, resume, stop_at, progress, ddp)
