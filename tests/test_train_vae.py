@@ -56,7 +56,7 @@ def test_image_steps_train_on_single_frames_then_videos(tmp_path):
     def frames_after(steps: int) -> int:
         out = tmp_path / f"run{steps}"
         run = {**TRAIN, "steps": steps, "eval_every": 10, "stats_clips": 1, "progress": False}
-        train_vae(clips.manifest, out, images=2, image_steps=2, **run)
+        train_vae(clips.manifest, out, images=2, image_steps=2, overwrite=True, **run)
         return json.loads((out / "train_state" / "state.json").read_text())["frames"]
 
     # Two image steps: batch 2 + 2 images, one frame each.

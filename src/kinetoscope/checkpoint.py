@@ -16,12 +16,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import struct
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -49,12 +51,47 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict
     os.replace(tmp, path)
 
 
+def _what_is_wrong(path: Path) -> str:
+    """Why a file that safetensors refused is not a weights file, in words."""
+    size = path.stat().st_size
+    if size == 0:
+        return "it is empty"
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head[:1] == b"\x80" or head[:2] == b"PK":
+        return "it is a pickle or a torch.save archive, which is never loaded (it could run code)"
+    if size < 8:
+        return f"it holds {size} bytes, less than a safetensors header"
+    (header,) = struct.unpack("<Q", head)
+    if header > size - 8:
+        return f"its header claims {header} bytes but the file holds {size}: truncated or not safetensors"
+    return "it is truncated or not a safetensors file"
+
+
 def load_tensors(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a safetensors file (on the CPU)."""
+    """Read a safetensors file (on the CPU). ValueError naming the file and what is wrong with
+    it for a missing, empty, truncated, pickled or otherwise corrupt one."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path} does not exist")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except SafetensorError as error:
+        raise ValueError(
+            f"{path} is not a usable weights file: {_what_is_wrong(path)} ({error})"
+        ) from None
+    except OSError as error:
+        raise ValueError(f"{path} cannot be read: {error.strerror or error}") from None
+
+
+def check_finite(tensors: dict[str, Tensor], where: str | os.PathLike) -> None:
+    """ValueError naming `where` and the first tensor holding NaN or infinity."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(
+                f"{where}: {name} holds NaN or infinite values; these weights are not usable "
+                "(a diverged run? use an earlier checkpoint)"
+            )
 
 
 def save_json(path: str | os.PathLike, data: Any) -> None:
@@ -84,8 +121,9 @@ def save_model(
     """
     assert dataclasses.is_dataclass(config) and not isinstance(config, type)
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = dict(model.state_dict())
+    check_finite(tensors, folder / WEIGHTS)  # refuse before writing: never save NaN weights
+    folder.mkdir(parents=True, exist_ok=True)
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     for name, tensor in (extra_tensors or {}).items():
@@ -110,7 +148,11 @@ def _read_config(folder: Path) -> dict:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error.msg})") from None
+        raise ValueError(f"{path} is not valid JSON ({error.msg}, line {error.lineno})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text; was it written by save_model?") from None
+    except OSError as error:
+        raise ValueError(f"{path} cannot be read: {error.strerror or error}") from None
     if not isinstance(document, dict) or "config" not in document:
         raise ValueError(f"{path} has no 'config' entry; was it written by save_model?")
     return document
@@ -168,13 +210,16 @@ def load_config(folder: str | os.PathLike, cls: type[C]) -> C:
 
 
 def load_weights(folder: str | os.PathLike, model: nn.Module) -> dict[str, Tensor]:
-    """Load `folder`'s weights into `model` (strictly); return the extra tensors saved with them."""
+    """Load `folder`'s weights into `model` (strictly); return the extra tensors saved with them.
+
+    ValueError naming the file for a corrupt weights file or weights that are not finite."""
     path = Path(folder) / WEIGHTS
     if not path.is_file():
         raise ValueError(
             f"{folder} is not a model folder: it lacks {WEIGHTS} (save one with save_model)"
         )
-    tensors = load_file(str(path))
+    tensors = load_tensors(path)
+    check_finite(tensors, path)
     extra = {k[len(EXTRA) :]: v for k, v in tensors.items() if k.startswith(EXTRA)}
     state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA)}
     own = model.state_dict()

@@ -180,6 +180,29 @@ def find_model(
     return ModelFiles(dit, Path(vae_folder), text, meta)
 
 
+def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
+    """The device a process runs on: `name` ("cpu", "cuda", "cuda:1"), or the GPU of this
+    local rank if there is one and `name` is None. ValueError for a device this machine lacks."""
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from error
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"kinetoscope runs on cpu or cuda, not {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: this machine has no CUDA GPU; use --device cpu")
+        index = local_rank if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device cuda:{index} does not exist: {torch.cuda.device_count()} GPU(s)"
+            )
+        device = torch.device("cuda", index)
+    return device
+
+
 # ---------------------------------------------------------------------------------------------
 # The pipeline
 
@@ -239,9 +262,8 @@ class Pipeline:
         are checked as soon as the VAE is loaded, before the DiT and the text encoder, so a
         bad size is refused in a fraction of a second.
         """
+        device = resolve_device(None if device is None else str(device))
         files = find_model(model_dir, vae=vae, text_encoder=text_encoder)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         vae_model = load_vae(files.vae)
         if sizes is not None:
             _check_vae_sizes(vae_model, sizes)
@@ -537,4 +559,5 @@ __all__ = [
     "Pipeline",
     "default_model_dir",
     "find_model",
+    "resolve_device",
 ]

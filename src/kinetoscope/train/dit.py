@@ -37,11 +37,18 @@ Output folder:
     checkpoint/ema/     their EMA: the weights to sample from (load with `load_dit`)
     checkpoint/train_state/  optimizer moments (safetensors) and loop state (JSON)
     vae/                the VAE the latents came from, so the folder is self-contained
+                        (rewritten whenever it is not the VAE this run trains on)
     metrics.jsonl       one JSON line per step; loss.png, the loss curve
     previews/           step-NNNNNN-K.mp4 from fixed prompts and seeds (EMA weights)
 
 A checkpoint is written into a fresh folder and swapped in with renames, so a crash leaves
 the previous one whole.
+
+Safety. An existing run is never replaced unless `overwrite` says so, and `resume` refuses a
+different VAE or manifest than the run started with (their digests are in the checkpoint).
+SIGINT or SIGTERM during the loop ends the current step, saves a checkpoint and raises
+`Interrupted`; `max_nonfinite_steps` non-finite steps in a row raise `Diverged` and keep the
+last checkpoint as it was (weights that are not finite are never saved).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -87,16 +95,29 @@ from kinetoscope.evaluate.sensitivity import ATTRIBUTES, build_probe, text_sensi
 from kinetoscope.io import write_video
 from kinetoscope.nn import PRECISIONS, resolve_precision
 from kinetoscope.patches import PackedBatch, TokenBudgetBatchSampler, item_tokens, pack
-from kinetoscope.pipeline import Pipeline
+from kinetoscope.pipeline import Pipeline, resolve_device
 from kinetoscope.text import EmbeddingCache, load_text_encoder
 from kinetoscope.text.base import TextEncoder
-from kinetoscope.train.latents import LatentCache
+from kinetoscope.train.latents import LatentCache, vae_identity
+from kinetoscope.train.run import (
+    Diverged,
+    Interrupted,
+    StopSignals,
+    clear_run,
+    data_digest,
+    prepare_run_folder,
+)
 from kinetoscope.vae import VideoVAE, load_vae
 
 log = logging.getLogger("kinetoscope.train")
 
 STATE = "train_state"
 CHECKPOINT = "checkpoint"
+# What a DiT run writes into its folder (`overwrite` deletes these; a shared cache/ stays).
+RUN_FILES = (
+    CHECKPOINT, f".{CHECKPOINT}.old", f".{CHECKPOINT}.partial", "metrics.jsonl", "loss.png",
+    "previews", "vae", ".vae.partial",
+)  # fmt: skip
 # The bundled world VAE, shipped as package data beside the code.
 BUNDLED_VAE = Path(__file__).resolve().parents[1] / "weights" / "world-vae"
 
@@ -140,6 +161,10 @@ class DiTTrainConfig:
     device: str | None = None  # "cpu", "cuda", "cuda:1"; None: this rank's GPU if any
     probe_every: int = 0  # steps between text-sensitivity probes of the EMA; 0: never
     probe_clips: int = 32  # probe clips (evaluate.sensitivity): about 8 s of a mini model
+    # Non-finite steps in a row before the run stops as diverged. A bad batch is skipped and
+    # the next one trains; weights gone NaN make every later step fail. 20 in a row is far
+    # beyond what one corrupt clip causes (it comes back once an epoch) and costs 20 steps.
+    max_nonfinite_steps: int = 20
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -150,7 +175,9 @@ class DiTTrainConfig:
             )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for name in ("steps", "sequences_per_batch", "accumulate", "checkpoint_every"):
+        names = ("steps", "sequences_per_batch", "accumulate", "checkpoint_every",
+                 "max_nonfinite_steps")  # fmt: skip
+        for name in names:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("caption_dropout", "given_prob"):
@@ -158,8 +185,15 @@ class DiTTrainConfig:
                 raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.lr <= 0 or self.warmup < 0 or self.grad_clip <= 0 or self.preview_every < 0:
+        for name in ("lr", "timestep_mean"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.lr <= 0 or self.warmup < 0 or not self.grad_clip > 0 or self.preview_every < 0:
             raise ValueError("lr and grad_clip must be positive, warmup and preview_every >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(
+                f"threads must be at least 1 (or None: torch's choice), got {self.threads}"
+            )
         if self.probe_every < 0 or self.probe_clips < 1:
             raise ValueError("probe_every must be 0 (off) or more, probe_clips at least 1")
         if self.token_budget is not None and self.token_budget < 1:
@@ -203,29 +237,6 @@ class Distributed:
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
-
-
-def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
-    """The device a process trains on: `name` ("cpu", "cuda", "cuda:1"), or the GPU of this
-    local rank if there is one and `name` is None. ValueError for a device this machine lacks."""
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from error
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"training runs on cpu or cuda, not {name!r}")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r}: this machine has no CUDA GPU; use --device cpu")
-        index = local_rank if device.index is None else device.index
-        if index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device cuda:{index} does not exist: {torch.cuda.device_count()} GPU(s)"
-            )
-        device = torch.device("cuda", index)
-    return device
 
 
 def setup_distributed(device_name: str | None = None) -> Distributed:
@@ -477,6 +488,34 @@ def _truncate_metrics(path: Path, step: int) -> None:
         os.replace(tmp, path)
 
 
+def _check_same(out: Path, what: str, saved: dict, digest: str, given: str) -> None:
+    """ValueError unless a resumed run's VAE or manifest (`what`) has the digest it started
+    with (runs from before digests were stored are not checked)."""
+    if saved.get(what) not in (None, digest):
+        option = {"vae": "--vae", "data": "--data"}[what]
+        raise ValueError(
+            f"cannot resume {out}: it started with {option} {saved.get(f'{what}_source')}, and "
+            f"{option} {given} is different (its content differs: digest {digest[:12]}, the "
+            f"run's {saved[what][:12]}); pass what the run started with or start a new --out"
+        )
+
+
+def _write_run_vae(out: Path, vae: VideoVAE, identity: str, source: Path) -> None:
+    """Make `out/vae` the VAE this run trains on: kept if it is that one, else replaced
+    (written beside it and swapped in, so it is never half one VAE and half another)."""
+    folder = out / "vae"
+    try:
+        if vae_identity(load_vae(folder)) == identity:
+            return
+    except (ValueError, OSError):
+        pass  # missing or unreadable: write it
+    partial = out / ".vae.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    save_model(partial, vae, vae.config, meta={"source": str(source), "identity": identity})
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
+
+
 def _resolve_vae(vae: str | os.PathLike | None) -> Path:
     folder = Path(vae) if vae is not None else BUNDLED_VAE
     if not (folder / "config.json").is_file():
@@ -499,6 +538,7 @@ def train_dit(
     vae: str | os.PathLike | None = None,
     cache: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     stop_at: int | None = None,
     progress: bool = True,
     **overrides,
@@ -510,8 +550,11 @@ def train_dit(
     `vae` is a VAE folder (default: the bundled world VAE). `cache` is the latent and text
     embedding cache folder (default `out/cache`; share it between runs of the same data; all
     ranks must see it). `resume` continues exactly from the checkpoint in `out` (from scratch
-    when there is none yet). `stop_at` ends this call at that step with a checkpoint (the run
-    still counts `steps`).
+    when there is none yet), and refuses a different VAE, manifest or data-order setting.
+    Without `resume`, an `out` that holds a run is refused unless `overwrite` (its run files
+    are then replaced; a cache inside it is kept). `stop_at` ends this call at that step with
+    a checkpoint (the run still counts `steps`). SIGINT or SIGTERM saves a checkpoint and
+    raises `Interrupted`; a run that diverges raises `Diverged` (see the module docstring).
 
     Returns a summary on every rank: steps, first and final loss, nonfinite_steps,
     skipped_clips, tokens_per_second, padding_fraction, train_seconds, checkpoint, and
@@ -525,10 +568,14 @@ def train_dit(
     if config.threads:
         torch.set_num_threads(config.threads)
     vae_folder = _resolve_vae(vae)
+    if not Path(data).is_file():
+        raise ValueError(f"manifest {data} does not exist; make one with `kinetoscope index`")
+    out = prepare_run_folder(out, resume=resume, overwrite=overwrite, run_files=RUN_FILES)
     ddp = setup_distributed(config.device)
     try:
-        paths = Path(data), Path(out), vae_folder, Path(cache) if cache is not None else None
-        return _train(*paths, config, resume, stop_at, progress, ddp)
+        paths = Path(data), out, vae_folder, Path(cache) if cache is not None else None
+        with StopSignals() as signals:
+            return _train(*paths, config, resume, overwrite, stop_at, progress, ddp, signals)
     finally:
         if ddp.started_here:
             dist.destroy_process_group()
@@ -541,13 +588,16 @@ def _train(
     cache: Path | None,
     config: DiTTrainConfig,
     resume: bool,
+    overwrite: bool,
     stop_at: int | None,
     progress: bool,
     ddp: Distributed,
+    signals: StopSignals,
 ) -> dict:
     main, device = ddp.rank == 0, ddp.device
     cache_dir = cache if cache is not None else out / "cache"
     checkpoint = _checkpoint_folder(out) if resume else None
+    data_sha = data_digest(data)
     saved_state: dict | None = None
     if checkpoint is not None:
         saved_state = json.loads((checkpoint / STATE / "state.json").read_text())
@@ -558,9 +608,13 @@ def _train(
                 f"cannot resume {out} with different {changed}: they fix the data order; "
                 "pass the values of the first run or start a new --out"
             )
+        _check_same(out, "data", saved_state, data_sha, str(data))
 
     # 1. Frozen VAE and text encoder; latents of every clip in the cache (each rank a share).
     vae = load_vae(vae_folder).to(device).requires_grad_(False)
+    identity = vae_identity(vae)
+    if saved_state is not None:
+        _check_same(out, "vae", saved_state, identity, str(vae_folder))
     text_name = config.text_encoder or ("tiny" if config.preset == "tiny" else "minilm")
     text = EmbeddingCache(load_text_encoder(text_name), cache_dir / "text")
     dataset = ClipDataset(
@@ -677,29 +731,60 @@ def _train(
     }
     metrics_path = out / "metrics.jsonl"
     if main:
+        if overwrite:
+            clear_run(out, RUN_FILES)
         out.mkdir(parents=True, exist_ok=True)
-        if not (out / "vae" / "config.json").is_file():
-            save_model(out / "vae", vae, vae.config, meta={"source": str(vae_folder)})
+        _write_run_vae(out, vae, identity, vae_folder)
         _truncate_metrics(metrics_path, state["step"])
+    state.update({"vae": identity, "vae_source": str(vae_folder)})
+    state.update({"data": data_sha, "data_source": str(data)})
+    saved_step = state["step"] if checkpoint is not None else None
+
+    def diverged(why: str) -> Diverged:
+        bar.close()
+        kept = (
+            f"the last good checkpoint (step {saved_step}) is in {out / CHECKPOINT}"
+            if saved_step is not None
+            else "no checkpoint was saved"
+        )
+        return Diverged(f"training diverged: {why} (lower --lr?); {kept}")
 
     def save() -> Path:
+        nonlocal saved_step
+        for part in (model, ema):  # the same on every rank, so every rank takes this branch
+            if not all(bool(torch.isfinite(p).all()) for p in part.parameters()):
+                raise diverged(f"the weights hold NaN or infinity at step {state['step']}")
         state["sampler"] = sampler.state_dict()
         state["config"] = asdict(config)
         if main:
             _save_checkpoint(out, model, ema, optimizer, state, meta)
         ddp.barrier()  # no rank runs ahead of a checkpoint it may be asked to resume from
+        saved_step = state["step"]
         return out / CHECKPOINT
 
     # 4. The loop.
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
     show = progress and main
     bar = tqdm(total=config.steps, initial=state["step"], desc="train-dit", disable=not show)
+    signals.arm()  # from here a signal ends the step and saves (run.StopSignals)
     first_loss, last_loss, paddings = None, float("nan"), []
+    in_a_row = 0  # non-finite steps since the last finite one
     while state["step"] < config.steps:
         if stop_at is not None and state["step"] >= stop_at:
             save()
             bar.close()
             return {"steps": state["step"], "stopped": True}
+        stop = float(signals.signum or 0)
+        if ddp.world_size > 1:  # a signal to any rank stops them all at the same step
+            stop = float(ddp.all_reduce(torch.tensor(stop, device=device), "max"))
+        if stop:
+            save()
+            bar.close()
+            raise Interrupted(
+                f"stopped by {signal.Signals(int(stop)).name} after step {state['step']}: "
+                f"checkpoint saved in {out / CHECKPOINT}; continue with --resume",
+                int(stop),
+            )
         step, start = state["step"], time.perf_counter()
         lr = _learning_rate(step, config.lr, config.warmup)
         for group in optimizer.param_groups:
@@ -761,6 +846,9 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             state["nonfinite_steps"] += 1
             log.warning("step %d: non-finite loss or gradient, step skipped", step)
+        in_a_row = 0 if finite else in_a_row + 1
+        if in_a_row >= config.max_nonfinite_steps:
+            raise diverged(f"{in_a_row} non-finite steps in a row up to step {step + 1}")
         # Step metrics over all ranks: the mean loss of the global batch, the tokens it held.
         totals = torch.tensor([loss_sum / config.accumulate, tokens, padding], device=device)
         totals = ddp.all_reduce(totals.double())
@@ -801,7 +889,10 @@ def _train(
             )  # fmt: skip
             for k, video in enumerate(videos):
                 write_video(out / "previews" / f"step-{state['step']:06d}-{k}.mp4", video)
-        if state["step"] % config.checkpoint_every == 0 or state["step"] == config.steps:
+        # A checkpoint right after a non-finite step waits for a finite one: the weights may be
+        # blowing up while still finite, and the last checkpoint must stay a good one.
+        due = state["step"] % config.checkpoint_every == 0 and in_a_row == 0
+        if due or state["step"] == config.steps:
             save()
             if main:
                 plot_loss(metrics_path, out / "loss.png")

@@ -21,6 +21,11 @@ an uninterrupted run.
 A checkpoint folder holds `model.safetensors` + `config.json` (loadable on their own with
 `load_vae`) and `train_state/` (optimizer moments, generator states and step, as safetensors
 and JSON; nothing pickled).
+
+Safety, as in the DiT trainer: an existing run is replaced only with `overwrite`; `resume`
+refuses another manifest; SIGINT or SIGTERM saves a checkpoint and raises `Interrupted`; a
+step whose loss or gradient is not finite is skipped, and `max_nonfinite_steps` of them in a
+row raise `Diverged` with the last checkpoint kept as it was.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -49,6 +55,14 @@ from kinetoscope.checkpoint import (
 from kinetoscope.data.dataset import ClipDataset
 from kinetoscope.data.manifest import read_manifest
 from kinetoscope.nn import resolve_precision
+from kinetoscope.train.run import (
+    Diverged,
+    Interrupted,
+    StopSignals,
+    clear_run,
+    data_digest,
+    prepare_run_folder,
+)
 from kinetoscope.vae import VAE_PRESETS, VAEConfig, VideoVAE, compute_latent_stats, load_vae
 from kinetoscope.vae.losses import VAELossConfig, psnr, vae_loss
 
@@ -57,6 +71,7 @@ __all__ = ["heldout_psnr", "train_vae"]
 log = logging.getLogger("kinetoscope.train")
 
 STATE = "train_state"
+RUN_FILES = ("model.safetensors", "config.json", STATE)  # what `overwrite` replaces
 
 
 def _learning_rate(step: int, steps: int, lr: float, warmup: int) -> float:
@@ -122,6 +137,7 @@ def train_vae(
     eval_every: int = 250,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     seed: int = 0,
     max_area: int = 256 * 256,
     max_frames: int = 17,
@@ -135,6 +151,7 @@ def train_vae(
     loss_config: VAELossConfig | None = None,
     stop_at: int | None = None,
     threads: int | None = None,
+    max_nonfinite_steps: int = 20,
     progress: bool = True,
 ) -> dict:
     """Train a VAE of `preset` on the clips of manifest `data`; write checkpoints to `out`.
@@ -152,8 +169,12 @@ def train_vae(
     `kinetoscope.nn.resolve_precision`. `init` (a VAE folder or bundled name) starts the run
     from that model's weights and architecture instead of a fresh `preset` (fine-tuning, with
     a new optimizer and schedule). `stop_at` ends this run early at that step, with a
-    checkpoint to `resume` from later (the schedule still runs over `steps`). Returns a
-    summary dict (steps, final loss, held-out PSNR, wall time, skipped clips).
+    checkpoint to `resume` from later (the schedule still runs over `steps`). An `out` that
+    holds a run is refused unless `resume` (same manifest) or `overwrite`. A step whose loss or
+    gradient is not finite is skipped; `max_nonfinite_steps` in a row (weights gone NaN fail
+    every later step; one bad clip comes back once an epoch) raise `Diverged`. Returns a
+    summary dict (steps, final loss, held-out PSNR, wall time, skipped clips, non-finite
+    steps).
     """
     precision = resolve_precision(precision)
     if preset not in VAE_PRESETS:
@@ -164,149 +185,208 @@ def train_vae(
         raise ValueError(f"images and image_steps must be >= 0, got {images}, {image_steps}")
     if crop < 16 or crop % 16:
         raise ValueError(f"crop must be a positive multiple of 16, got {crop}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1 (or None: torch's choice), got {threads}")
+    if max_nonfinite_steps < 1 or holdout < 0:
+        raise ValueError("max_nonfinite_steps must be at least 1 and holdout at least 0")
     if threads:
         torch.set_num_threads(threads)
     checkpoint_every = checkpoint_every or eval_every
     loss_config = loss_config or VAELossConfig()
-    out = Path(out)
+    out = prepare_run_folder(out, resume=resume, overwrite=overwrite, run_files=RUN_FILES)
+    with StopSignals() as signals:  # run.StopSignals: a signal in the loop saves first
+        # 1. Data: training clips and a held-out few for PSNR.
+        records = read_manifest(data)
+        holdout = min(holdout, len(records) - 1)
+        train_records, held_records = records[: len(records) - holdout], records[-holdout:]
+        dataset = ClipDataset(train_records, max_area=max_area, max_frames=max_frames, seed=seed)
+        held_videos = []
+        if holdout > 0:
+            held = ClipDataset(
+                held_records, max_area=max_area, max_frames=max_frames, temporal_crop="start"
+            )
+            held_videos = [item["video"] for item in map(held.__getitem__, range(holdout)) if item]
 
-    # 1. Data: training clips and a held-out few for PSNR.
-    records = read_manifest(data)
-    holdout = min(holdout, len(records) - 1)
-    train_records, held_records = records[: len(records) - holdout], records[-holdout:]
-    dataset = ClipDataset(train_records, max_area=max_area, max_frames=max_frames, seed=seed)
-    held_videos = []
-    if holdout > 0:
-        held = ClipDataset(
-            held_records, max_area=max_area, max_frames=max_frames, temporal_crop="start"
-        )
-        held_videos = [item["video"] for item in map(held.__getitem__, range(holdout)) if item]
+        # 2. Model, optimizer, generators; or all of them from a checkpoint.
+        state = {"step": 0, "skipped": 0, "frames": 0, "seconds": 0.0, "history": []}
+        crop_generator = torch.Generator().manual_seed(seed)
+        noise_generator = torch.Generator().manual_seed(seed + 1)
+        generators = {"crop": crop_generator, "noise": noise_generator}
+        resuming = resume and (out / STATE / "state.json").is_file()
+        if resuming:
+            vae = VideoVAE(load_config(out, VAEConfig))
+            load_weights(out, vae)
+        elif init is not None:
+            vae = load_vae(init)
+        else:
+            torch.manual_seed(seed)
+            vae = VideoVAE(VAE_PRESETS[preset])
+        vae.train()
+        optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+        if resuming:
+            saved = json.loads((out / STATE / "state.json").read_text())
+            tensors = load_tensors(out / STATE / "optimizer.safetensors")
+            for name, generator in generators.items():
+                generator.set_state(tensors.pop(f"generator.{name}"))
+            optimizer_state_from_tensors(optimizer, tensors, saved.pop("optimizer"))
+            if saved.get("data") not in (None, data_digest(data)):
+                raise ValueError(
+                    f"cannot resume {out}: it started with --data {saved.get('data_source')}, "
+                    f"and --data {data} has other content; pass the manifest the run started "
+                    "with or start a new --out"
+                )
+            state.update(saved)
+            log.info("resumed from %s at step %d", out, state["step"])
+        state.update({"data": data_digest(data), "data_source": str(data)})
+        state.setdefault("nonfinite_steps", 0)
+        if overwrite:
+            clear_run(out, RUN_FILES)
+        meta = {
+            "preset": preset,
+            "data": str(data),
+            "seed": seed,
+            "batch": batch,
+            "lr": lr,
+            "precision": precision,
+            "max_area": max_area,
+            "max_frames": max_frames,
+            "crop": crop,
+            "images": images,
+            "image_steps": image_steps,
+            "init": None if init is None else str(init),
+            "loss": asdict(loss_config),
+        }
 
-    # 2. Model, optimizer, generators; or all of them from a checkpoint.
-    state = {"step": 0, "skipped": 0, "frames": 0, "seconds": 0.0, "history": []}
-    crop_generator = torch.Generator().manual_seed(seed)
-    noise_generator = torch.Generator().manual_seed(seed + 1)
-    generators = {"crop": crop_generator, "noise": noise_generator}
-    resuming = resume and (out / STATE / "state.json").is_file()
-    if resuming:
-        vae = VideoVAE(load_config(out, VAEConfig))
-        load_weights(out, vae)
-    elif init is not None:
-        vae = load_vae(init)
-    else:
-        torch.manual_seed(seed)
-        vae = VideoVAE(VAE_PRESETS[preset])
-    vae.train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
-    if resuming:
-        saved = json.loads((out / STATE / "state.json").read_text())
-        tensors = load_tensors(out / STATE / "optimizer.safetensors")
-        for name, generator in generators.items():
-            generator.set_state(tensors.pop(f"generator.{name}"))
-        optimizer_state_from_tensors(optimizer, tensors, saved.pop("optimizer"))
-        state.update(saved)
-        log.info("resumed from %s at step %d", out, state["step"])
-    meta = {
-        "preset": preset,
-        "data": str(data),
-        "seed": seed,
-        "batch": batch,
-        "lr": lr,
-        "precision": precision,
-        "max_area": max_area,
-        "max_frames": max_frames,
-        "crop": crop,
-        "images": images,
-        "image_steps": image_steps,
-        "init": None if init is None else str(init),
-        "loss": asdict(loss_config),
-    }
+        # 3. The loop.
+        bar = tqdm(total=steps, initial=state["step"], desc="train-vae", disable=not progress)
+        loss_value = state.get("loss", float("nan"))
+        last_psnr = state["history"][-1]["psnr"] if state["history"] else None
+        saved_step = state["step"] if resuming else None
+        in_a_row = 0  # non-finite steps since the last finite one
 
-    # 3. The loop.
-    bar = tqdm(total=steps, initial=state["step"], desc="train-vae", disable=not progress)
-    loss_value = state.get("loss", float("nan"))
-    last_psnr = state["history"][-1]["psnr"] if state["history"] else None
-    while state["step"] < steps:
-        if stop_at is not None and state["step"] >= stop_at:
+        def save() -> None:
+            nonlocal saved_step
+            if not all(bool(torch.isfinite(p).all()) for p in vae.parameters()):
+                raise diverged(f"the weights hold NaN or infinity at step {state['step']}")
             _save(out, vae, optimizer, generators, state, meta)
+            saved_step = state["step"]
+
+        def diverged(why: str) -> Diverged:
             bar.close()
-            return {"steps": state["step"], "stopped": True}
-        step = state["step"]
-        start = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, steps, lr, warmup)
-        # Clips of this step: positions step*n .. step*n+n-1 of the epoch stream, n = batch +
-        # images; all but the first `batch` (all of them while step < image_steps) give one
-        # random frame.
-        per_step = batch + images
-        items = []
-        for position in range(step * per_step, (step + 1) * per_step):
-            epoch, offset = divmod(position, len(dataset))
-            dataset.set_epoch(epoch)
-            items.append(dataset[_order(len(dataset), seed, epoch)[offset]])
-        as_videos = 0 if step < image_steps else batch
-        videos = []
-        for index, item in enumerate(items):
-            if item is None:
-                state["skipped"] += 1
-                continue
-            video = item["video"]  # 3 T H W
-            if index >= as_videos:
-                frame = int(torch.randint(video.shape[1], (1,), generator=crop_generator))
-                video = video[:, frame : frame + 1]  # 3 1 H W
-            videos.append(_crop(video, crop, crop_generator))
-        optimizer.zero_grad(set_to_none=True)
-        # Equal sizes go through one forward; each group's loss is weighted by its share.
-        groups: dict[tuple, list[torch.Tensor]] = {}
-        for video in videos:
-            groups.setdefault(tuple(video.shape), []).append(video)
-        loss_value = 0.0
-        for group in groups.values():
-            x = torch.stack(group)  # B 3 T H W
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                output = vae(x, generator=noise_generator)
-            loss, _ = vae_loss(output, x, loss_config)
-            (loss * len(group) / len(videos)).backward()
-            loss_value += loss.item() * len(group) / len(videos)
-        if videos:
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-            optimizer.step()
-        frames = sum(v.shape[1] for v in videos)
-        seconds = time.perf_counter() - start
-        state["step"] = step + 1
-        state["loss"] = loss_value
-        state["frames"] += frames
-        state["seconds"] += seconds
-        if state["step"] % eval_every == 0 or state["step"] == steps:
-            last_psnr = heldout_psnr(vae, held_videos) if held_videos else None
-            state["history"].append({"step": state["step"], "loss": loss_value, "psnr": last_psnr})
-            log.info("step %d loss %.5f held-out psnr %s", state["step"], loss_value, last_psnr)
-        if state["step"] % checkpoint_every == 0 and state["step"] < steps:
-            _save(out, vae, optimizer, generators, state, meta)
-        postfix = {"loss": f"{loss_value:.4f}", "frames/s": f"{frames / seconds:.1f}"}
-        if last_psnr is not None:
-            postfix["psnr"] = f"{last_psnr:.2f}"
-        if state["skipped"]:
-            postfix["skipped"] = state["skipped"]
-        bar.set_postfix(postfix)
-        bar.update(1)
-    bar.close()
+            kept = (
+                f"the last good checkpoint (step {saved_step}) is in {out}"
+                if saved_step is not None
+                else "no checkpoint was saved"
+            )
+            return Diverged(f"training diverged: {why} (lower --lr?); {kept}")
 
-    # 4. Latent statistics on training clips, stored with the weights.
-    vae.eval()
-    stats_generator = torch.Generator().manual_seed(seed)
-    items = map(dataset.__getitem__, range(min(stats_clips, len(dataset))))
-    clips = (_crop(item["video"], crop, stats_generator) for item in items if item)
-    shift, scale = compute_latent_stats(vae, clips, chunk_frames=8)
-    vae.latent_shift.copy_(shift)
-    vae.latent_scale.copy_(scale)
-    summary = {
-        "steps": state["step"],
-        "final_loss": loss_value,
-        "heldout_psnr": last_psnr,
-        "train_seconds": state["seconds"],
-        "frames_per_second": state["frames"] / max(state["seconds"], 1e-9),
-        "skipped": state["skipped"],
-    }
-    _save(out, vae, optimizer, generators, state, {**meta, **summary})
-    return summary
+        signals.arm()  # from here a signal ends the step and saves
+        while state["step"] < steps:
+            if stop_at is not None and state["step"] >= stop_at:
+                save()
+                bar.close()
+                return {"steps": state["step"], "stopped": True}
+            if signals.signum is not None:
+                save()
+                bar.close()
+                raise Interrupted(
+                    f"stopped by {signal.Signals(signals.signum).name} after step "
+                    f"{state['step']}: checkpoint saved in {out}; continue with --resume",
+                    signals.signum,
+                )
+            step = state["step"]
+            start = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(step, steps, lr, warmup)
+            # Clips of this step: positions step*n .. step*n+n-1 of the epoch stream, n = batch +
+            # images; all but the first `batch` (all of them while step < image_steps) give one
+            # random frame.
+            per_step = batch + images
+            items = []
+            for position in range(step * per_step, (step + 1) * per_step):
+                epoch, offset = divmod(position, len(dataset))
+                dataset.set_epoch(epoch)
+                items.append(dataset[_order(len(dataset), seed, epoch)[offset]])
+            as_videos = 0 if step < image_steps else batch
+            videos = []
+            for index, item in enumerate(items):
+                if item is None:
+                    state["skipped"] += 1
+                    continue
+                video = item["video"]  # 3 T H W
+                if index >= as_videos:
+                    frame = int(torch.randint(video.shape[1], (1,), generator=crop_generator))
+                    video = video[:, frame : frame + 1]  # 3 1 H W
+                videos.append(_crop(video, crop, crop_generator))
+            optimizer.zero_grad(set_to_none=True)
+            # Equal sizes go through one forward; each group's loss is weighted by its share.
+            groups: dict[tuple, list[torch.Tensor]] = {}
+            for video in videos:
+                groups.setdefault(tuple(video.shape), []).append(video)
+            loss_value = 0.0
+            for group in groups.values():
+                x = torch.stack(group)  # B 3 T H W
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    output = vae(x, generator=noise_generator)
+                loss, _ = vae_loss(output, x, loss_config)
+                (loss * len(group) / len(videos)).backward()
+                loss_value += loss.item() * len(group) / len(videos)
+            finite = math.isfinite(loss_value)
+            if videos and finite:
+                finite = math.isfinite(float(torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)))
+                if finite:
+                    optimizer.step()
+            if not finite:
+                optimizer.zero_grad(set_to_none=True)
+                state["nonfinite_steps"] += 1
+                log.warning("step %d: non-finite loss or gradient, step skipped", step)
+            in_a_row = 0 if finite else in_a_row + 1
+            if in_a_row >= max_nonfinite_steps:
+                raise diverged(f"{in_a_row} non-finite steps in a row up to step {step + 1}")
+            frames = sum(v.shape[1] for v in videos)
+            seconds = time.perf_counter() - start
+            state["step"] = step + 1
+            state["loss"] = loss_value
+            state["frames"] += frames
+            state["seconds"] += seconds
+            if state["step"] % eval_every == 0 or state["step"] == steps:
+                last_psnr = heldout_psnr(vae, held_videos) if held_videos else None
+                state["history"].append(
+                    {"step": state["step"], "loss": loss_value, "psnr": last_psnr}
+                )
+                log.info("step %d loss %.5f held-out psnr %s", state["step"], loss_value, last_psnr)
+            # After a non-finite step the checkpoint waits for a finite one (see train/dit.py).
+            if state["step"] % checkpoint_every == 0 and state["step"] < steps and in_a_row == 0:
+                save()
+            postfix = {"loss": f"{loss_value:.4f}", "frames/s": f"{frames / seconds:.1f}"}
+            if last_psnr is not None:
+                postfix["psnr"] = f"{last_psnr:.2f}"
+            if state["skipped"]:
+                postfix["skipped"] = state["skipped"]
+            bar.set_postfix(postfix)
+            bar.update(1)
+        bar.close()
+
+        # 4. Latent statistics on training clips, stored with the weights.
+        if not all(bool(torch.isfinite(p).all()) for p in vae.parameters()):
+            raise diverged(f"the weights hold NaN or infinity at step {state['step']}")
+        vae.eval()
+        stats_generator = torch.Generator().manual_seed(seed)
+        items = map(dataset.__getitem__, range(min(stats_clips, len(dataset))))
+        clips = (_crop(item["video"], crop, stats_generator) for item in items if item)
+        shift, scale = compute_latent_stats(vae, clips, chunk_frames=8)
+        vae.latent_shift.copy_(shift)
+        vae.latent_scale.copy_(scale)
+        summary = {
+            "steps": state["step"],
+            "final_loss": loss_value,
+            "heldout_psnr": last_psnr,
+            "train_seconds": state["seconds"],
+            "frames_per_second": state["frames"] / max(state["seconds"], 1e-9),
+            "skipped": state["skipped"],
+            "nonfinite_steps": state["nonfinite_steps"],
+        }
+        _save(out, vae, optimizer, generators, state, {**meta, **summary})
+        return summary

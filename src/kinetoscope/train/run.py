@@ -1,0 +1,131 @@
+"""What every trainer shares about its run folder and how a run ends early.
+
+- `prepare_run_folder`: an existing run is never replaced unless asked (`overwrite`), and a
+  resumed one must be a run; checked before any work.
+- `data_digest`: a digest of a manifest's bytes, stored in a run's state so that resuming on
+  other data is refused.
+- `StopSignals`: SIGINT and SIGTERM during the loop ask it to stop at the end of the current
+  step; the trainer then saves a checkpoint and raises `Interrupted`. A second signal stops at
+  once (checkpoints are swapped in atomically, so even that loses no saved state).
+- `Interrupted` and `Diverged`: the ways a run stops early, each with a one-line message and
+  the exit code a command should return.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+from kinetoscope.io import check_output_folder
+
+
+class TrainingStopped(Exception):
+    """A run that ended before its last step; str() is one line for the user."""
+
+    exit_code = 1
+
+
+class Interrupted(TrainingStopped):
+    """SIGINT or SIGTERM: a checkpoint was saved; the exit code is 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class Diverged(TrainingStopped):
+    """Too many non-finite steps in a row: the weights no longer train; the last good
+    checkpoint is kept as it was."""
+
+    exit_code = 3
+
+
+def prepare_run_folder(
+    out: str | os.PathLike,
+    *,
+    resume: bool,
+    overwrite: bool,
+    run_files: tuple[str, ...],
+) -> Path:
+    """Check the run folder `out` before any work; return it as a Path.
+
+    `run_files` are the names a run of this trainer writes into `out` (anything else there,
+    such as a shared cache, does not make `out` a run). Without `resume` or `overwrite` an
+    existing run is refused; `overwrite` with `resume` is a contradiction. Nothing is deleted
+    here: `clear_run` does that once the new run is ready to write.
+    """
+    if resume and overwrite:
+        raise ValueError(
+            "--resume continues the run in --out and --overwrite replaces it; pick one"
+        )
+    out = check_output_folder(out, "--out")
+    if not resume and not overwrite:
+        found = sorted(name for name in run_files if (out / name).exists())
+        if found:
+            raise ValueError(
+                f"--out {out} already holds a run ({', '.join(found)}); pass --resume to "
+                "continue it, --overwrite to replace it, or a new --out"
+            )
+    return out
+
+
+def clear_run(out: Path, run_files: tuple[str, ...]) -> None:
+    """Delete the files of a previous run in `out` (only those: a folder that holds other
+    things keeps them)."""
+    for name in run_files:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def data_digest(path: str | os.PathLike) -> str:
+    """sha256 of a manifest's bytes (what a resumed run must still train on)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:32]
+
+
+class StopSignals:
+    """SIGINT and SIGTERM, caught while a run is set up and trained.
+
+    Use as a context manager around the whole run. Until `arm()` a signal raises
+    KeyboardInterrupt at once (nothing is lost: caches are written atomically); once the loop
+    calls `arm()`, a signal only sets `signum`, which the loop looks at between steps to save
+    and stop. A second signal raises KeyboardInterrupt at once (checkpoints are swapped in
+    atomically, so even that loses no saved state). Outside the main thread, where Python
+    cannot install handlers, it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.armed = False
+        self._previous: dict[int, object] = {}
+
+    def arm(self) -> None:
+        self.armed = True
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self.armed or self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
