@@ -144,7 +144,35 @@ class ClipDataset(torch.utils.data.Dataset):
             )
         if seed < 0:
             raise ValueError(f"seed must be 0 or more, got {seed}")
-        self.records = records
+        # Options first, so an error in them is not blamed on the first clip.
+        native_size(16, 16, 1, max_area=max_area, max_frames=max_frames)
+        # Sizes come from the manifest alone, so a sampler can pack without decoding anything.
+        # A record no size fits (e.g. a panorama whose short side would fall under 16 pixels)
+        # is left out and logged, like a file that cannot be read: one never sinks the rest.
+        self._sizes = []
+        self.rejected: list[tuple[ManifestRecord, str]] = []
+        kept = []
+        for record in records:
+            try:
+                size = native_size(
+                    record.width,
+                    record.height,
+                    frames_at_fps(record.frames, record.fps, fps),
+                    max_area=max_area,
+                    max_frames=max_frames,
+                )
+            except ValueError as error:
+                self.rejected.append((record, str(error)))
+                log.warning("leaving out %s: %s", record.path, error)
+                continue
+            kept.append(record)
+            self._sizes.append(size)
+        if not kept:
+            record, reason = self.rejected[0]
+            raise ValueError(
+                f"no clip of the manifest fits the size rules (first: {record.path}: {reason})"
+            )
+        self.records = kept
         self.max_area = max_area
         self.max_frames = max_frames
         self.fps = fps
@@ -153,21 +181,6 @@ class ClipDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.skipped = 0
-        # Sizes come from the manifest alone, so a sampler can pack without decoding anything.
-        self._sizes = []
-        for record in records:
-            try:
-                self._sizes.append(
-                    native_size(
-                        record.width,
-                        record.height,
-                        frames_at_fps(record.frames, record.fps, fps),
-                        max_area=max_area,
-                        max_frames=max_frames,
-                    )
-                )
-            except ValueError as error:
-                raise ValueError(f"{record.path}: {error}") from None
 
     def __len__(self) -> int:
         return len(self.records)

@@ -16,14 +16,22 @@ the one named on the command line. A file without a caption is still indexed (a 
 fill it in later). A captions-file entry that names no indexed file is written to the error
 report too (reason "caption for a missing file"), but it is counted in
 `IndexReport.caption_errors`, not in `failed`: no media file was lost. So is a sidecar that is
-not UTF-8 text (its file is indexed without a caption).
+not UTF-8 text, cannot be read or holds control characters (its file is indexed without a
+caption).
+
+One odd entry never sinks the rest: a folder that cannot be read, a symlink loop, a file name
+that is not valid UTF-8 (a manifest is UTF-8 JSON) each become a line of the error report.
+The outputs are checked before any work: neither may be a folder, one of the inputs (the
+captions file, a file being indexed) or the other output.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,13 +39,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from kinetoscope.data.manifest import ManifestRecord, read_jsonl, write_manifest
-from kinetoscope.io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, probe
+from kinetoscope.data.manifest import ManifestRecord, read_jsonl, read_text_lines, write_manifest
+from kinetoscope.io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_output_file, probe
 
 MIN_SIDE = 16  # the dataset crops to multiples of 16 and never upscales
 TOO_SMALL = f"smaller than {MIN_SIDE}x{MIN_SIDE}; the dataset never upscales"
 MISSING_FILE = "caption for a missing file"
 NOT_MEDIA = "caption for a file that is not a video or image"
+# Control characters other than tab and newline: nothing a caption should hold.
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -55,14 +65,36 @@ class IndexReport:
     caption_errors: int = 0
 
 
-def _walk(folder: Path) -> Iterator[Path]:
+def _walk(folder: Path, problems: list[tuple[str, str]]) -> Iterator[Path]:
     """Every non-hidden file under `folder`: top-down, each folder's files sorted, then its
-    subfolders sorted, so the same folder always gives the same manifest."""
-    for root, dirs, files in os.walk(folder):
+    subfolders sorted, so the same folder always gives the same manifest. A folder that
+    cannot be read goes to `problems` with the reason."""
+
+    def unreadable(error: OSError) -> None:
+        problems.append((_shown(error.filename), f"folder cannot be read: {error.strerror}"))
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if not name.startswith("."):
                 yield Path(root) / name
+
+
+def _shown(path: str | os.PathLike) -> str:
+    """A path as text that can be written as UTF-8 (undecodable bytes as \\udcXX escapes)."""
+    return os.fspath(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _real(path: Path) -> Path:
+    """`path` with symlinks resolved; never raises, even for a symlink loop."""
+    return Path(os.path.realpath(path))
+
+
+def _caption_problem(text: str) -> str | None:
+    """Why a caption cannot be used, or None."""
+    if CONTROL.search(text):
+        return "caption holds control characters; keep to plain text"
+    return None
 
 
 def _read_text(path: Path) -> str:
@@ -82,29 +114,44 @@ def read_captions(path: Path, folder: Path) -> dict[Path, str]:
     pairs: list[tuple[str, str]] = []
     if suffix == ".csv":
         # The csv module handles quoted fields, so captions may contain commas and newlines.
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            fields = [name.strip() for name in reader.fieldnames or []]
-            if "path" not in fields or "caption" not in fields:
-                raise ValueError(
-                    f"{path}: the first line must be the header `path,caption` (found {fields})"
-                )
-            reader.fieldnames = fields
-            for row in reader:
-                pairs.append((row["path"] or "", row["caption"] or ""))
+        text = "\n".join(line for _, line in read_text_lines(path))
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        fields = [name.strip() for name in reader.fieldnames or []]
+        if "path" not in fields or "caption" not in fields:
+            raise ValueError(
+                f"{path}:1: the first line must be the header `path,caption` (found {fields})"
+            )
+        reader.fieldnames = fields
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            pairs.append((where, row["path"] or "", row["caption"] or ""))
     elif suffix in (".jsonl", ".json"):
         for number, data in read_jsonl(path):
             if not isinstance(data, dict) or "path" not in data or "caption" not in data:
                 raise ValueError(
                     f'{path}:{number}: each line must be {{"path": ..., "caption": ...}}'
                 )
-            pairs.append((str(data["path"]), str(data["caption"] or "")))
+            for key in ("path", "caption"):
+                if not isinstance(data[key], str) and not (key == "caption" and data[key] is None):
+                    raise ValueError(
+                        f"{path}:{number}: field {key!r} must be a string, "
+                        f"got {json.dumps(data[key])}"
+                    )
+            pairs.append((f"{path}:{number}", data["path"], data["caption"] or ""))
     else:
         raise ValueError(
             f"captions file {path} must end in .csv (header path,caption) or .jsonl "
             '(lines of {"path": ..., "caption": ...})'
         )
-    return {(folder / name.strip()).resolve(): caption.strip() for name, caption in pairs}
+    captions = {}
+    for where, name, caption in pairs:
+        if not name.strip() or "\0" in name:
+            raise ValueError(f"{where}: field 'path' must be a file path, got {json.dumps(name)}")
+        problem = _caption_problem(caption)
+        if problem:
+            raise ValueError(f"{where}: field 'caption': {problem}")
+        captions[_real(folder / name.strip())] = caption.strip()
+    return captions
 
 
 def _sidecar(media: Path, texts: set[Path]) -> Path | None:
@@ -141,10 +188,14 @@ def _write_errors(path: Path, errors: list[tuple[str, str]]) -> Path:
     """The error report, written atomically like the manifest."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for file, reason in errors:
-            f.write(json.dumps({"path": file, "reason": reason}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for file, reason in errors:
+                line = {"path": _shown(file), "reason": _shown(reason)}
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left if the write failed
     return path
 
 
@@ -172,23 +223,43 @@ def index_folder(
         raise ValueError(f"workers must be 0 (one per core) or more, not {workers}")
     folder = folder.resolve()
     errors = Path(errors) if errors is not None else out.with_name(out.stem + ".errors.jsonl")
-    own = {out.resolve(), errors.resolve()}  # our own outputs are not counted as ignored files
+    check_output_file(out, "--out")
+    check_output_file(errors, "--errors")
+    if _real(out) == _real(errors):
+        raise ValueError(f"--out and --errors are the same file {out}; give two files")
+    own = {_real(out), _real(errors)}  # our own outputs are not counted as ignored files
     if captions is not None:
-        own.add(Path(captions).resolve())
+        for option, output in (("--out", out), ("--errors", errors)):
+            if _real(output) == _real(Path(captions)):
+                raise ValueError(
+                    f"{option} {output} is the captions file; writing it would destroy the "
+                    "captions. Give another file"
+                )
+        own.add(_real(Path(captions)))
 
     media_extensions = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
     media: list[Path] = []
     texts: set[Path] = set()
     others: list[Path] = []
-    for path in _walk(folder):
+    walk_problems: list[tuple[str, str]] = []
+    bad_names: list[tuple[str, str]] = []
+    for path in _walk(folder, walk_problems):
         suffix = path.suffix.lower()
-        if suffix in media_extensions:
+        if suffix in media_extensions | {".txt"} and _real(path) in own:
+            option = "--out" if _real(path) == _real(out) else "--errors"
+            raise ValueError(
+                f"{option} {path} is one of the files being indexed; writing it would destroy "
+                "it. Give a file outside the folder or with another name"
+            )
+        if suffix in media_extensions and _shown(path) != os.fspath(path):
+            bad_names.append((_shown(path), "file name is not valid UTF-8; rename the file"))
+        elif suffix in media_extensions:
             media.append(path)
         elif suffix == ".txt":
             texts.add(path)
-        elif path.resolve() not in own:
+        elif _real(path) not in own:
             others.append(path)
-    if not media:
+    if not media and not bad_names:
         raise ValueError(
             f"no videos or images under {folder}; expected files ending in "
             f"{', '.join(sorted(media_extensions))}"
@@ -201,7 +272,7 @@ def index_folder(
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(media), desc="probing", unit="file", disable=not progress)
     results: list[tuple[ManifestRecord | None, str | None]] = []
-    with ThreadPoolExecutor(max_workers=min(workers, len(media))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(media)))) as pool:
         for result in pool.map(_probe_one, media):
             results.append(result)
             bar.update()
@@ -218,25 +289,35 @@ def index_folder(
         if record is None:
             failures.append((str(path), reason or "unknown"))
             continue
-        text = given.get(path.resolve(), "")
+        text = given.get(_real(path), "")
         if not text and sidecar is not None:
+            # The video is fine whatever its sidecar holds; only a caption can be lost, and
+            # the report says so.
             try:
                 text = _read_text(sidecar)
             except UnicodeDecodeError:
-                # The video is fine; only its caption is lost, and the report says so.
                 caption_errors.append((str(sidecar), "caption file is not UTF-8 text"))
+            except OSError as error:
+                caption_errors.append(
+                    (str(sidecar), f"caption file cannot be read: {error.strerror}")
+                )
+            problem = _caption_problem(text)
+            if problem:
+                caption_errors.append((str(sidecar), problem))
+                text = ""
         if text:
             record.captions = {"original": text}
         records.append(record)
 
     # Captions-file entries that match no media file are reported, not counted as failures.
-    known = {path.resolve() for path in media}
+    known = {_real(path) for path in media}
     for path in given:
         if path not in known:
             caption_errors.append((str(path), MISSING_FILE if not path.exists() else NOT_MEDIA))
     # Text files that caption nothing are ordinary non-media files.
     ignored = len(others) + sum(1 for text in texts if text not in used_sidecars)
 
+    failures += bad_names + walk_problems
     write_manifest(out, records)
     _write_errors(errors, failures + caption_errors)
     return IndexReport(

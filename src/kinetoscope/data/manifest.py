@@ -12,7 +12,9 @@ dataset folder can be moved as a whole. Caption levels are free-form keys: the w
 
 from __future__ import annotations
 
+import codecs
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -63,49 +65,120 @@ def write_manifest(path: str | os.PathLike, records: list[ManifestRecord]) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     root = path.parent.resolve()
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(record_to_json(record, root) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(record_to_json(record, root) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left if the write failed
     return path
 
 
+def read_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line of a text file: UTF-8 (a leading byte-order mark is
+    dropped), or UTF-16/UTF-32 where the file starts with their byte-order mark. ValueError
+    naming the file and the line for bytes that are not text in that encoding (a Latin-1
+    file, say), or for a file that cannot be read."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ValueError(f"{path} cannot be read: {error.strerror or error}") from None
+    boms = {
+        codecs.BOM_UTF32_LE: "utf-32", codecs.BOM_UTF32_BE: "utf-32",
+        codecs.BOM_UTF16_LE: "utf-16", codecs.BOM_UTF16_BE: "utf-16",
+    }  # fmt: skip
+    encoding = next((name for bom, name in boms.items() if data.startswith(bom)), None)
+    if encoding is not None:
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError as error:
+            line = data[: error.start].decode(encoding, "replace").count("\n") + 1
+            raise ValueError(f"{path}:{line}: not valid {encoding.upper()} text") from None
+        yield from enumerate(text.splitlines(), start=1)
+        return
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            yield number, raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"{path}:{number}: byte 0x{raw[error.start]:02x} at column {error.start + 1} is "
+                "not UTF-8 (a Latin-1 or Windows file?); save the file as UTF-8"
+            ) from None
+
+
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
-    """(line number, parsed value) for each non-blank line; bad JSON raises ValueError naming it."""
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+    """(line number, parsed value) for each non-blank line; bad JSON or bad text raises
+    ValueError naming the file and the line."""
+    for number, line in read_text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+
+
+def _field(where: str, data: dict, key: str, kind: str) -> object:
+    """`data[key]` checked as `kind` ("path", "count", "fps", "captions", "optional path");
+    ValueError naming the file, line and field, and what is expected."""
+    value = data.get(key)
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "path" or (kind == "optional path" and value is not None):
+        ok = isinstance(value, str) and value.strip() != "" and "\0" not in value
+        expected = "a file path (a non-empty string)"
+    elif kind == "optional path":
+        return None
+    elif kind == "count":
+        ok = number and math.isfinite(value) and value == int(value) and value >= 1
+        expected = "a whole number of at least 1"
+    elif kind == "fps":
+        ok = number and math.isfinite(value) and value >= 0
+        expected = "a number of at least 0 (0 for an image)"
+    else:  # captions
+        value = {} if value is None else value
+        ok = isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        )
+        expected = 'an object of caption strings, like {"original": "a red ball"}'
+    if not ok:
+        raise ValueError(f"{where}: field {key!r} must be {expected}, got {json.dumps(value)}")
+    return value
 
 
 def read_manifest(path: str | os.PathLike) -> list[ManifestRecord]:
-    """Read a manifest; paths come back absolute. A malformed line raises ValueError naming it."""
+    """Read a manifest; paths come back absolute. A malformed line raises ValueError naming
+    the file, the line and the field, and what it expects."""
     path = Path(path)
     if not path.is_file():
+        what = "is a folder, not a manifest file" if path.is_dir() else "does not exist"
         raise ValueError(
-            f"manifest {path} does not exist; make one with `kinetoscope index` "
-            "or `kinetoscope world`"
+            f"manifest {path} {what}; make one with `kinetoscope index` or `kinetoscope world`"
         )
     root = path.parent.resolve()
     records = []
     for number, data in read_jsonl(path):
+        where = f"{path}:{number}"
+        if not isinstance(data, dict):
+            raise ValueError(
+                f'{where}: each line must be a JSON object like {{"path": ..., "width": ...}}, '
+                f"got {json.dumps(data)[:60]}"
+            )
         missing = [key for key in REQUIRED if key not in data]
         if missing:
-            raise ValueError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
+            raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
         known = {"path", "width", "height", "frames", "fps", "captions", "truth"}
-        truth = data.get("truth")
+        truth = _field(where, data, "truth", "optional path")
         records.append(
             ManifestRecord(
-                path=str(root / data["path"]),
-                width=int(data["width"]),
-                height=int(data["height"]),
-                frames=int(data["frames"]),
-                fps=float(data["fps"]),
-                captions=dict(data.get("captions") or {}),
+                path=str(root / _field(where, data, "path", "path")),
+                width=int(_field(where, data, "width", "count")),
+                height=int(_field(where, data, "height", "count")),
+                frames=int(_field(where, data, "frames", "count")),
+                fps=float(_field(where, data, "fps", "fps")),
+                captions=dict(_field(where, data, "captions", "captions")),
                 truth=str(root / truth) if truth else None,
                 extra={k: v for k, v in data.items() if k not in known},
             )
