@@ -1,20 +1,46 @@
 """The `kinetoscope` command: thin front ends that parse, call and print.
 
 Each subcommand imports its implementation lazily so that `kinetoscope --help` stays instant.
+Every output path is checked before any work. An expected failure (a user error, a file that
+cannot be read or written, a corrupt weights file, running out of memory, an interrupted or
+diverged run) ends with one line on stderr and a non-zero exit; a traceback is shown only
+under `--debug` or for a bug.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
+import traceback
+import warnings
 from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _world(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from kinetoscope.data.world import WORLD_MIXES, parse_exclude, write_world
+    from kinetoscope.io import check_output_folder
+
+    check_output_folder(args.out, "--out")
 
     if args.mix not in WORLD_MIXES:
         raise ValueError(f"unknown mix {args.mix!r}; choose one of {', '.join(WORLD_MIXES)}")
@@ -68,6 +94,7 @@ def _train_vae(args: argparse.Namespace) -> int:
     summary = train_vae(
         args.data,
         args.out,
+        overwrite=args.overwrite,
         preset=args.preset,
         steps=args.steps,
         batch=args.batch,
@@ -114,6 +141,7 @@ def _train(args: argparse.Namespace) -> int:
         args.out,
         vae=args.vae,
         resume=args.resume,
+        overwrite=args.overwrite,
         **{key: value for key, value in overrides.items() if value is not None},
     )
     if summary.get("stopped"):
@@ -142,18 +170,23 @@ def _write_output(path: Path, video, fps: float) -> Path:
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
-    from kinetoscope.io import IMAGE_EXTENSIONS
-    from kinetoscope.pipeline import Pipeline
+    from kinetoscope.io import IMAGE_EXTENSIONS, check_output_file, check_output_folder
+    from kinetoscope.pipeline import Pipeline, resolve_device
 
     out = Path(args.out or ("image.png" if args.frames == 1 else "video.mp4"))
     kinds = {".mp4", ".gif", ".mkv", *IMAGE_EXTENSIONS}
     if out.suffix.lower() not in kinds:
         raise ValueError(f"--out {out}: use one of {', '.join(sorted(kinds))}")
+    if out.suffix.lower() in IMAGE_EXTENSIONS and args.frames > 1:
+        check_output_folder(out.with_suffix(""), "--out (a folder of frames for --frames > 1)")
+    else:
+        check_output_file(out, "--out")
+    device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     size = (args.width, args.height, args.frames)
-    pipe = Pipeline.load(args.model, device=args.device, sizes=[size])  # sizes checked first
+    pipe = Pipeline.load(args.model, device=device, sizes=[size])  # sizes checked first
     loading = time.perf_counter() - start
     [video] = pipe.generate(
         args.prompt,
@@ -183,8 +216,11 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _eval_vae(args: argparse.Namespace) -> int:
     from kinetoscope.evaluate.vae import evaluate_vae
+    from kinetoscope.io import check_output_folder
     from kinetoscope.vae import load_vae
 
+    if args.out:
+        check_output_folder(args.out, "--out")
     report = evaluate_vae(
         load_vae(args.vae),
         args.data,
@@ -217,7 +253,15 @@ def _eval_world(args: argparse.Namespace) -> int:
         suite,
         write_suite,
     )
+    from kinetoscope.io import check_output_file, check_output_folder
 
+    for option, path in (("--out", args.out), ("--render-reference", args.render_reference)):
+        if path:
+            check_output_folder(path, option)
+    if args.export_suite:
+        check_output_file(args.export_suite, "--export-suite")
+    if args.model:
+        check_output_folder(args.videos or Path(args.out or "world-eval") / "videos", "--videos")
     if args.specs:
         suites = {Path(args.specs).stem: read_suite(args.specs)}
     else:
@@ -317,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         "list of the world benchmark), 'none', or a list like red:circle:fall,blue:square:left "
         f"{mix}",
     )
-    world.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
+    world.add_argument("--workers", type=_count, default=0, help="processes (0: one per core)")
     world.set_defaults(run=_world)
 
     index = sub.add_parser(
@@ -334,7 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument(
         "--errors", help="error report to write (default: beside the manifest, .errors.jsonl)"
     )
-    index.add_argument("--workers", type=int, default=0, help="probing threads (0: one per core)")
+    index.add_argument(
+        "--workers", type=_count, default=0, help="probing threads (0: one per core)"
+    )
     index.set_defaults(run=_index)
     train_vae = sub.add_parser(
         "train-vae",
@@ -364,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--holdout", type=int, default=8, help="clips at the manifest's end kept for PSNR"
     )
     train_vae.add_argument("--resume", action="store_true", help="continue from --out")
+    train_vae.add_argument(
+        "--overwrite", action="store_true", help="replace the run in --out (else it is refused)"
+    )
     train_vae.add_argument(
         "--init",
         metavar="VAE",
@@ -403,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train_vae.add_argument(
         "--threads",
-        type=int,
+        type=_positive_int,
         help="torch CPU threads (default: torch's choice; use 1 on a machine busy with other "
         "jobs, where waiting threads slow every small op down)",
     )
@@ -423,6 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, default=1000, help="optimizer steps")
     train.add_argument("--vae", help="VAE folder (default: the bundled world VAE)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (else an existing run is refused; its cache/ is kept)",
+    )
     train.add_argument(
         "--init", help="model folder whose weights start the run (fine-tune it; new optimizer)"
     )
@@ -457,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps between text-sensitivity probes (loss gap per caption attribute, logged to "
         "metrics.jsonl and drawn beside the loss; 0: none)",
     )
-    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     train.add_argument(
         "--device", help="cpu, cuda or cuda:N (default: the GPU if any; under torchrun each rank's)"
     )
@@ -511,7 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--fps", type=float, default=8.0, help="frames per second of the file")
     generate.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if any)")
-    generate.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    generate.add_argument(
+        "--threads", type=_positive_int, help="torch CPU threads (default: torch's)"
+    )
     generate.set_defaults(run=_generate)
 
     evaluate = sub.add_parser(
@@ -576,7 +632,52 @@ def build_parser() -> argparse.ArgumentParser:
         "--render-reference", help="render the suites' ground-truth videos to this folder and exit"
     )
     eval_world.set_defaults(run=_eval_world)
+
+    debug = "show the full traceback of any failure (for reporting a bug)"
+    parser.add_argument("--debug", action="store_true", help=debug)
+    for command in [*sub.choices.values(), *eval_sub.choices.values()]:
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
     return parser
+
+
+def _expected(error: BaseException) -> tuple[str, int] | None:
+    """(one-line message, exit code) of an expected failure; None for a bug."""
+    from safetensors import SafetensorError
+
+    from kinetoscope.io import VideoReadError
+    from kinetoscope.train.run import TrainingStopped
+
+    if isinstance(error, TrainingStopped):
+        return str(error), error.exit_code
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted", 130
+    text = str(error)
+    if isinstance(error, MemoryError) or any(
+        words in text.lower() for words in ("out of memory", "not enough memory", "can't allocate")
+    ):
+        tried = re.search(r"tried to allocate ([\d.]+ ?\w+)", text)
+        return (
+            "out of memory"
+            + (f" (it tried to allocate {tried.group(1)})" if tried else "")
+            + "; ask for less (a smaller size, fewer frames, a smaller batch or token budget) "
+            "or use a device with more memory",
+            1,
+        )
+    if isinstance(error, ValueError | VideoReadError):
+        return str(error), 2 if isinstance(error, ValueError) else 1
+    if isinstance(error, OSError):
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{error.strerror or error}", 1
+    if isinstance(error, SafetensorError):
+        return f"a weights or cache file is not valid safetensors ({error})", 1
+    try:
+        import av
+
+        if isinstance(error, av.error.FFmpegError):
+            return f"video coding failed: {error}", 1
+    except ImportError:
+        pass
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -585,12 +686,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    try:
-        return args.run(args)
-    except ValueError as error:
-        # User errors carry a message that says what to change; no traceback for those.
-        print(f"kinetoscope {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    name = f"kinetoscope {args.command}" + (f" {args.what}" if args.command == "eval" else "")
+    with warnings.catch_warnings():
+        if not args.debug:  # a warning is one line, not the source line that raised it
+            warnings.showwarning = lambda message, *_, **__: print(
+                f"{name}: warning: {message}", file=sys.stderr
+            )
+        try:
+            return args.run(args)
+        except (Exception, KeyboardInterrupt) as error:
+            if args.debug:
+                raise
+            expected = _expected(error)
+            if expected is None:  # a bug: the traceback is what a report needs
+                traceback.print_exc()
+                print(
+                    f"{name}: internal error (a bug in kinetoscope): {type(error).__name__}: "
+                    f"{error}",
+                    file=sys.stderr,
+                )
+                return 70
+            message, code = expected
+            message = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+            print(f"{name}: error: {message}", file=sys.stderr)
+            return code
 
 
 if __name__ == "__main__":

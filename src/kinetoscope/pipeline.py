@@ -468,17 +468,15 @@ class Pipeline:
         elif len(sizes) != n:
             raise ValueError(f"sizes has {len(sizes)} entries for {n} prompts; give one each")
         latent_sizes = self.check_sizes(sizes)
-        if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps}")
-        if not math.isfinite(guidance) or guidance < 0:
-            raise ValueError(f"guidance must be a finite scale >= 0 (1: none), got {guidance}")
-        if sampler not in SAMPLERS:
+        if not _is_int(steps) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        if not _is_number(guidance) or not math.isfinite(guidance) or guidance < 0:
+            raise ValueError(f"guidance must be a finite scale >= 0 (1: none), got {guidance!r}")
+        if not isinstance(sampler, str) or sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
-        if shift is not None and not (math.isfinite(shift) and shift > 0):
-            raise ValueError(f"shift must be a positive number or None, got {shift}")
-        seeds = (
-            [int(seed) + i for i in range(n)] if isinstance(seed, int | np.integer) else list(seed)
-        )
+        if shift is not None and not (_is_number(shift) and math.isfinite(shift) and shift > 0):
+            raise ValueError(f"shift must be a positive number or None, got {shift!r}")
+        seeds = _seeds(seed, n)
         if len(seeds) != n:
             raise ValueError(f"{len(seeds)} seeds for {n} prompts; give one seed or one each")
         negatives = [negative] * n if isinstance(negative, str) else _strings(negative, "negative")
@@ -545,10 +543,39 @@ def _check_vae_sizes(vae: VideoVAE, sizes: Sequence[Size]) -> list[tuple[int, in
 
 def _strings(values: str | Sequence[str], name: str) -> list[str]:
     """One string or a non-empty list of them, as a list."""
-    values = [values] if isinstance(values, str) else list(values)
-    if not values or not all(isinstance(v, str) for v in values):
-        raise ValueError(f"{name} must be a string or a non-empty list of strings")
-    return values
+    if isinstance(values, str):
+        return [values]
+    if (
+        not isinstance(values, Sequence)
+        or not values
+        or not all(isinstance(v, str) for v in values)
+    ):
+        raise ValueError(
+            f"{name} must be a string or a non-empty list of strings, got {values!r:.60}"
+        )
+    return list(values)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+SEED_RANGE = (-(2**63), 2**64)  # what torch.Generator.manual_seed takes
+
+
+def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
+    """Prompt i's seed: `seed + i`, or `seed[i]` for a list; ValueError for anything else."""
+    seeds = [int(seed) + i for i in range(n)] if _is_int(seed) else seed
+    if isinstance(seeds, str) or not isinstance(seeds, Sequence):
+        raise ValueError(f"seed must be an integer or a list of one per prompt, got {seed!r:.60}")
+    for value in seeds:
+        if not _is_int(value) or not SEED_RANGE[0] <= value < SEED_RANGE[1]:
+            raise ValueError(f"a seed is an integer from -2**63 to 2**64 - 1, got {value!r:.60}")
+    return [int(value) for value in seeds]
 
 
 __all__ = [
