@@ -76,3 +76,18 @@ def test_a_model_that_reads_its_captions_has_a_positive_gap_for_every_attribute(
     result = text_sensitivity(dit, text, probe)
     gaps = {name: result[f"gap_{name}"] for name in ATTRIBUTES}
     assert all(gap > 0.01 for gap in gaps.values()), gaps
+
+
+def test_cli_eval_sensitivity_prints_every_attribute_and_writes_json(tmp_path, capsys):
+    import json
+
+    from kinetoscope.cli import main
+
+    out = tmp_path / "probe.json"
+    assert main(["eval", "sensitivity", "--clips", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for name in ATTRIBUTES:
+        assert name in printed
+    result = json.loads(out.read_text())
+    assert result["loss"] > 0 and result["gap_background"] > 0  # the bundled model reads it
+    assert main(["eval", "sensitivity", "--clips", "0"]) == 2

@@ -140,6 +140,7 @@ def _train(args: argparse.Namespace) -> int:
         args.data,
         args.out,
         vae=args.vae,
+        cache=args.cache,
         resume=args.resume,
         overwrite=args.overwrite,
         **{key: value for key, value in overrides.items() if value is not None},
@@ -242,6 +243,33 @@ def _eval_vae(args: argparse.Namespace) -> int:
         )
     if args.out:
         print(f"report (every clip's scores) and examples: {args.out}")
+    return 0
+
+
+def _eval_sensitivity(args: argparse.Namespace) -> int:
+    import json
+
+    from kinetoscope.evaluate.sensitivity import ATTRIBUTES, build_probe, text_sensitivity
+    from kinetoscope.io import check_output_file
+    from kinetoscope.pipeline import Pipeline
+
+    if args.clips < 1:
+        raise ValueError(f"--clips must be at least 1, got {args.clips}")
+    if args.out:
+        check_output_file(args.out, "--out")
+    pipe = Pipeline.load(args.model, device=args.device, precision=args.precision)
+    probe = build_probe(pipe.vae, args.clips, device=pipe.device)
+    result = text_sensitivity(pipe.dit, pipe.text, probe, pipe.device, pipe.precision)
+    times = "  ".join(f"t={t:<5g}" for t in probe.timesteps)
+    print(f"flow loss with the true caption: {result['loss']:.4f} ({args.clips} clips)")
+    print(f"{'attribute':<11} {'gap':>8} {'true wins':>9}   gap at {times}")
+    for name in ATTRIBUTES:
+        per_t = "  ".join(f"{result[f'gap_{name}_t{t:g}']:+7.2%}" for t in probe.timesteps)
+        gap, win = result[f"gap_{name}"], result[f"win_{name}"]
+        print(f"{name:<11} {gap:>+8.2%} {win:>9.0%}   {per_t}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(f"report: {args.out}")
     return 0
 
 
@@ -471,6 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run folder")
     train.add_argument("--steps", type=int, default=1000, help="optimizer steps")
     train.add_argument("--vae", help="VAE folder (default: the bundled world VAE)")
+    train.add_argument(
+        "--cache",
+        help="latent and text-embedding cache folder (default: RUN/cache); share it between "
+        "runs of the same data and VAE so clips are encoded once",
+    )
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument(
         "--overwrite",
@@ -592,6 +625,27 @@ def build_parser() -> argparse.ArgumentParser:
     eval_vae.add_argument("--max-area", type=int, default=256 * 256, help="clip area cap (px)")
     eval_vae.add_argument("--max-frames", type=int, default=17, help="frames per clip (1 + 4k)")
     eval_vae.set_defaults(run=_eval_vae)
+
+    eval_sensitivity = eval_sub.add_parser(
+        "sensitivity",
+        help="text-sensitivity probe: how much a model's loss rises when one caption attribute "
+        "changes",
+        description="For fixed rendered world clips at fixed timesteps and noise, measure the "
+        "flow loss with the true caption and with it changed in one attribute (direction, "
+        "color, shape, size, background, count). A positive gap means the model reads that "
+        "attribute; a caption-blind model scores zero. Needs no sampling: seconds.",
+        formatter_class=_DefaultsHelp,
+    )
+    eval_sensitivity.add_argument(
+        "--model", help="model folder or run folder (default: the bundled world model)"
+    )
+    eval_sensitivity.add_argument("--clips", type=int, default=32, help="probe clips")
+    eval_sensitivity.add_argument(
+        "--precision", choices=("auto", "bf16", "fp32"), default="fp32", help="compute precision"
+    )
+    eval_sensitivity.add_argument("--device", help="cpu, cuda or cuda:N (default: the GPU if any)")
+    eval_sensitivity.add_argument("--out", help="write the full result (JSON) here")
+    eval_sensitivity.set_defaults(run=_eval_sensitivity)
 
     eval_world = eval_sub.add_parser(
         "world",
