@@ -336,3 +336,39 @@ def test_device_option_trains_on_cpu_under_bf16_and_refuses_devices_it_lacks(tin
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             train_dit(manifest, tmp_path / "cuda", vae=vae, steps=1, device="cuda", **FAST)
+
+
+def test_mirror_twins_share_a_batch_their_timestep_and_their_noise(tmp_path):
+    from kinetoscope.data.world import WORLD_MIXES, write_world
+    from kinetoscope.train.dit import _mirror_pairs, _sampling_units
+
+    text = load_text_encoder("tiny")
+    original, other = torch.randn(4, 3, 4, 4), torch.randn(4, 2, 2, 2)
+    mirrored = original.flip(-1)
+    generator = torch.Generator().manual_seed(0)
+    batch = make_batch([original, other, mirrored], ["a right", "b", "a left"], text, generator,
+                       token_budget=200, sequences=1, patch=(1, 2, 2), caption_dropout=0.5,
+                       given_prob=0.5, twin_of=[-1, -1, 0])  # fmt: skip
+    packed = batch.packed
+
+    def tokens(tensor, i):
+        seq, start = packed.placement[i]
+        return tensor[seq, start : start + packed.lengths[i]]
+
+    noise = batch.target + packed.tokens  # velocity = noise - x0
+    torch.testing.assert_close(tokens(noise, 0), tokens(noise, 2))  # the same noise, per token
+    assert torch.equal(tokens(batch.t, 0), tokens(batch.t, 2))  # the same timesteps
+    assert not torch.equal(tokens(noise, 0)[: packed.lengths[1]], tokens(noise, 1))
+    assert (batch.captions[0] == "") == (batch.captions[2] == "")  # dropped together
+    # The sampler draws each original with its twin as one unit.
+    write_world(tmp_path, clips=12, seed=2, config=WORLD_MIXES["world-model"], workers=1,
+                progress=False)  # fmt: skip
+    dataset = ClipDataset(tmp_path / "manifest.jsonl", max_frames=9, temporal_crop="start")
+    valid = list(range(len(dataset)))
+    pairs = _mirror_pairs(dataset, valid, [10] * len(valid), budget=20)
+    assert pairs and all(dataset.records[j].extra["id"] == dataset.records[i].extra["mirror_of"]
+                         for i, j in pairs.items())  # fmt: skip
+    units = _sampling_units(valid, pairs)
+    assert sorted(k for unit in units for k in unit) == valid  # every clip exactly once
+    assert {tuple(u) for u in units if len(u) == 2} == {(j, i) for i, j in pairs.items()}
+    assert _mirror_pairs(dataset, valid, [10] * len(valid), budget=15) == {}  # pairs must fit

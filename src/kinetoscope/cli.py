@@ -135,7 +135,8 @@ def _train(args: argparse.Namespace) -> int:
                  "sequences_per_batch": args.sequences, "max_area": args.max_area,
                  "init": args.init, "timestep_mean": args.timestep_mean,
                  "probe_every": args.probe_every, "caption_dropout": args.caption_dropout,
-                 "ema_decay": args.ema_decay, "device": args.device}  # fmt: skip
+                 "ema_decay": args.ema_decay, "device": args.device,
+                 "twin_batches": args.twin_batches or None}  # fmt: skip
     summary = train_dit(
         args.data,
         args.out,
@@ -538,6 +539,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--caption-dropout", type=float, help="empty-prompt rate (for classifier-free guidance)"
     )
     train.add_argument("--ema-decay", type=float, help="EMA decay of the sampling weights")
+    train.add_argument(
+        "--twin-batches",
+        action="store_true",
+        help="keep mirror twins (world --mix world-model) in one batch with the same timestep "
+        "and noise, so the loss difference falls on the direction words",
+    )
     train.add_argument(
         "--probe-every",
         type=int,

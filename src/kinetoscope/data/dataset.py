@@ -198,14 +198,16 @@ class ClipDataset(torch.utils.data.Dataset):
         # One independent stream per choice, so e.g. the caption does not depend on the crop mode.
         return np.random.default_rng([self.seed, self.epoch, index, stream])
 
-    def caption(self, index: int) -> str:
-        """The caption item `index` carries this epoch (see `caption_level`)."""
+    def caption(self, index: int, level_of: int | None = None) -> str:
+        """The caption item `index` carries this epoch (see `caption_level`); with `level_of`,
+        at the level item `level_of` draws (a mirror twin takes its original's level)."""
         captions = {k: v for k, v in self.records[index].captions.items() if v}
         if not captions:
             return ""
         if self.caption_level == CAPTION_RANDOM:
             levels = sorted(captions)
-            return captions[levels[self._rng(index, 0).integers(len(levels))]]
+            draw = self._rng(index if level_of is None else level_of, 0).integers(len(levels))
+            return captions[levels[draw]]
         return captions.get(self.caption_level, next(iter(captions.values())))
 
     def _window(self, index: int, available: int, frames: int) -> int:

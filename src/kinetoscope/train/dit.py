@@ -144,6 +144,11 @@ class DiTTrainConfig:
     # which way it goes is settled at high noise: the text-sensitivity probe's direction gap
     # shows at t = 0.7-0.9, so the world model trains with more weight there.
     timestep_mean: float = 0.0
+    # Mirror twins (records whose `mirror_of` names another) share a batch, caption level,
+    # timestep and noise. At high noise their inputs then nearly match and only the direction
+    # words tell their targets apart: common random numbers put the loss difference on those
+    # words. Needs sequences_per_batch = 1 (a pair is packed whole into the one sequence).
+    twin_batches: bool = False
     max_area: int = 256 * 256  # pixel area cap of a clip (larger ones are downscaled)
     max_frames: int = 17  # frames per clip (1 + 4k): 5 latent frames with the 4x VAE
     fps: float | None = None  # resample clips to this rate; None keeps each clip's
@@ -194,6 +199,8 @@ class DiTTrainConfig:
             raise ValueError(
                 f"threads must be at least 1 (or None: torch's choice), got {self.threads}"
             )
+        if self.twin_batches and self.sequences_per_batch != 1:
+            raise ValueError("twin_batches packs each pair into one sequence: set sequences to 1")
         if self.probe_every < 0 or self.probe_clips < 1:
             raise ValueError("probe_every must be 0 (off) or more, probe_clips at least 1")
         if self.token_budget is not None and self.token_budget < 1:
@@ -203,7 +210,7 @@ class DiTTrainConfig:
 # Fields that fix the data order and the draws: a resumed run must keep them.
 RESUME_FIELDS = (
     "preset", "seed", "token_budget", "sequences_per_batch", "accumulate", "max_area",
-    "max_frames", "fps", "caption_dropout", "given_prob", "text_encoder", "timestep_mean",
+    "max_frames", "fps", "caption_dropout", "given_prob", "text_encoder", "timestep_mean", "twin_batches",
 )  # fmt: skip
 
 
@@ -312,15 +319,21 @@ def make_batch(
     caption_dropout: float,
     given_prob: float,
     timestep_mean: float = 0.0,
+    twin_of: list[int] | None = None,
 ) -> TrainBatch:
     """Pack latents (c, t, h, w) with their captions into a training batch, drawing from
-    `generator` in a fixed order (dropout, given frames, timesteps, noise)."""
+    `generator` in a fixed order (dropout, given frames, timesteps, noise).
+
+    `twin_of[i]` = j < i makes sample i (the same size as j) reuse j's draws: dropout, given
+    frames, timestep and noise (-1: its own)."""
     n = len(latents)
-    dropped = torch.rand(n, generator=generator) < caption_dropout
+    twin_of = twin_of or [-1] * n
+    source = torch.tensor([i if j < 0 else j for i, j in enumerate(twin_of)])  # (n,)
+    dropped = (torch.rand(n, generator=generator) < caption_dropout)[source]
     captions = ["" if drop else caption for drop, caption in zip(dropped, captions, strict=True)]
     # Given frames: a prefix (image-to-video, extension forward) or a suffix (extension
     # backward) of 1 .. gt-1 temporal patches; a sample always keeps some tokens to learn.
-    wants, sides, fractions = torch.rand(3, n, generator=generator)  # (n,) each
+    wants, sides, fractions = torch.rand(3, n, generator=generator)[:, source]  # (n,) each
     given_frames: list[list[int] | None] = []
     for i, latent in enumerate(latents):
         patches = latent.shape[1] // patch[0]  # gt
@@ -331,9 +344,14 @@ def make_batch(
         frames = range(k * patch[0])
         given_frames.append(list(frames) if sides[i] < 0.5 else [-1 - f for f in frames])
     packed = pack(latents, token_budget, patch, given_frames, num_sequences=sequences)
-    t = training_timesteps(packed.lengths, timestep_mean, generator=generator)  # (B,) shifted
+    t = training_timesteps(packed.lengths, timestep_mean, generator=generator)[source]  # (B,)
     t_tok = token_timesteps(t, packed.sample_index, packed.given_mask)  # (N, L)
     noise = torch.randn(packed.tokens.shape, generator=generator)  # (N, L, Din)
+    for i, j in enumerate(twin_of):
+        if j >= 0:  # the twin's tokens get its original's noise, token for token
+            (si, ti), (sj, tj), length = packed.placement[i], packed.placement[j], packed.lengths[i]
+            assert packed.lengths[j] == length, "twins must have the same size"
+            noise[si, ti : ti + length] = noise[sj, tj : tj + length]
     x_t = interpolate(packed.tokens, noise, t_tok)
     emb, mask = text.encode(captions)  # (B, S, Dtxt), (B, S)
     return TrainBatch(
@@ -516,6 +534,36 @@ def _write_run_vae(out: Path, vae: VideoVAE, identity: str, source: Path) -> Non
     os.replace(partial, folder)
 
 
+def _mirror_pairs(
+    dataset: ClipDataset, valid: list[int], counts: list[int], budget: int
+) -> dict[int, int]:
+    """{twin clip: its original} for valid clips whose record says `mirror_of` a valid clip
+    of the same token count, where the pair fits in one sequence of `budget` tokens."""
+    position = {i: k for k, i in enumerate(valid)}
+    by_id = {str(dataset.records[i].extra.get("id")): i for i in valid}
+    pairs = {}
+    for i in valid:
+        j = by_id.get(str(dataset.records[i].extra.get("mirror_of")))
+        if j is None or j == i or "mirror_of" in dataset.records[j].extra:
+            continue  # no original, or one that is itself a twin
+        n = counts[position[i]]
+        if n == counts[position[j]] and 2 * n <= budget:
+            pairs[i] = j
+    return pairs
+
+
+def _sampling_units(valid: list[int], original_of: dict[int, int]) -> list[list[int]]:
+    """Positions in `valid` the batch sampler draws as one: a clip, or an original then its
+    twin."""
+    position = {i: k for k, i in enumerate(valid)}
+    twin = {j: i for i, j in original_of.items()}
+    return [
+        [position[i]] + ([position[twin[i]]] if i in twin else [])
+        for i in valid
+        if i not in original_of
+    ]
+
+
 def _resolve_vae(vae: str | os.PathLike | None) -> Path:
     folder = Path(vae) if vae is not None else BUNDLED_VAE
     if not (folder / "config.json").is_file():
@@ -686,6 +734,10 @@ def _train(
         for i in valid
     ]
     budget = config.token_budget or max(counts)
+    # Sampling units: single clips, or mirror twins kept together (twin_batches).
+    original_of = _mirror_pairs(dataset, valid, counts, budget) if config.twin_batches else {}
+    units = _sampling_units(valid, original_of)
+    counts = [sum(counts[k] for k in unit) for unit in units]
     sampler = TokenBudgetBatchSampler(
         counts,
         budget,
@@ -708,7 +760,8 @@ def _train(
             except StopIteration:
                 batches = iter(sampler)
                 continue
-            return epoch, ddp.rank + position * ddp.world_size, [valid[j] for j in indices]
+            clips = [valid[k] for j in indices for k in units[j]]
+            return epoch, ddp.rank + position * ddp.world_size, clips
         raise AssertionError("the sampler yields no batch")
 
     # Text-sensitivity probe: fixed rendered clips through this run's VAE (rank 0 only).
@@ -794,9 +847,11 @@ def _train(
         loss_sum, tokens, padding, finite = 0.0, 0, 0.0, True
         for m, (epoch, number, indices) in enumerate(micro):
             dataset.set_epoch(epoch)
+            place = {clip: p for p, clip in enumerate(indices)}
+            twin_of = [place.get(original_of.get(i, -1), -1) for i in indices]
             batch = make_batch(
                 [latents.load(i) for i in indices],
-                [dataset.caption(i) for i in indices],
+                [dataset.caption(i, original_of.get(i)) for i in indices],
                 text,
                 torch.Generator().manual_seed(_batch_seed(config.seed, epoch, number)),
                 token_budget=budget,
@@ -805,6 +860,7 @@ def _train(
                 caption_dropout=config.caption_dropout,
                 given_prob=config.given_prob,
                 timestep_mean=config.timestep_mean,
+                twin_of=twin_of,
             )
             packed = batch.packed.to(device)
             # Gradients are all-reduced once per step, on the last batch (no_sync before it).
