@@ -9,6 +9,8 @@
   once (checkpoints are swapped in atomically, so even that loses no saved state).
 - `Interrupted` and `Diverged`: the ways a run stops early, each with a one-line message and
   the exit code a command should return.
+- `setup_distributed`: this process's rank, world size and device; world size 1 is the same
+  program.
 """
 
 from __future__ import annotations
@@ -18,10 +20,16 @@ import os
 import shutil
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
 from kinetoscope.io import check_output_folder
+from kinetoscope.pipeline import resolve_device
 
 
 class TrainingStopped(Exception):
@@ -129,3 +137,47 @@ class StopSignals:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed setup: world size 1 is the same program
+
+
+@dataclass
+class Distributed:
+    """This process's place in the run: rank, world size and device."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    started_here: bool  # whether this call created the process group (and so ends it)
+
+    def all_reduce(self, value: Tensor, op: str = "sum") -> Tensor:
+        """`value` reduced over ranks (sum, min or max); itself at world size 1."""
+        if self.world_size > 1:
+            ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+            dist.all_reduce(value, op=ops[op])
+        return value
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def setup_distributed(device_name: str | None = None) -> Distributed:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, ...), if any.
+
+    NCCL on GPUs, gloo on CPUs. Without torchrun's variables this is world size 1 on one device.
+    `device_name` as in `resolve_device` (under torchrun, "cuda" is each rank's own GPU).
+    """
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = resolve_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if dist.is_available() and dist.is_initialized():
+        return Distributed(dist.get_rank(), dist.get_world_size(), device, started_here=False)
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size == 1:
+        return Distributed(0, 1, device, started_here=False)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), device, started_here=True)
