@@ -309,3 +309,15 @@ def test_eval_world_generates_a_suite_with_a_model_and_scores_it(run, tmp_path, 
     report = json.loads((videos / "world_short.json").read_text())
     assert report["videos"] == 2 and report["missing"] == []
     assert "generating suite short" in capsys.readouterr().out
+
+
+def test_cli_generate_never_replaces_an_existing_output_unless_asked(run, tmp_path, capsys):
+    common = ["--model", str(run), "--width", "32", "--height", "32", "--steps", "1"]
+    out = tmp_path / "mine.gif"
+    out.write_bytes(b"a video the user made")
+    argv = ["generate", "x", *common, "--frames", "5", "--out", str(out)]
+    assert main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"a video the user made"  # untouched
+    assert main([*argv, "--overwrite"]) == 0
+    assert probe(out).frames == 5

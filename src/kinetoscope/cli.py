@@ -179,10 +179,14 @@ def _generate(args: argparse.Namespace) -> int:
     kinds = {".mp4", ".gif", ".mkv", *IMAGE_EXTENSIONS}
     if out.suffix.lower() not in kinds:
         raise ValueError(f"--out {out}: use one of {', '.join(sorted(kinds))}")
-    if out.suffix.lower() in IMAGE_EXTENSIONS and args.frames > 1:
-        check_output_folder(out.with_suffix(""), "--out (a folder of frames for --frames > 1)")
+    frames_folder = out.suffix.lower() in IMAGE_EXTENSIONS and args.frames > 1
+    target = out.with_suffix("") if frames_folder else out
+    if frames_folder:
+        check_output_folder(target, "--out (a folder of frames for --frames > 1)")
     else:
         check_output_file(out, "--out")
+    if not args.overwrite and (target.is_file() or (target.is_dir() and any(target.iterdir()))):
+        raise ValueError(f"--out {target} already exists; pass --overwrite to replace it")
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -602,6 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument(
         "--out", help="output file (default: video.mp4, or image.png for --frames 1)"
+    )
+    generate.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (else refused)"
     )
     generate.add_argument("--fps", type=float, default=8.0, help="frames per second of the file")
     generate.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if any)")
