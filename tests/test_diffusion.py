@@ -298,6 +298,7 @@ def test_sampler_rejects_mismatched_inputs():
 @pytest.mark.slow  # importing diffusers alone takes several seconds
 def test_euler_matches_diffusers_flow_match_euler():
     import diffusers  # a test dependency (the [test] extra)
+
     # Same convention: sigma 1 is noise, 0 is data, x = (1 - sigma) x0 + sigma noise.
     steps, x = 12, _randn(2, 10, 4, seed=9)
 

@@ -288,9 +288,10 @@ def test_cli_generate_has_help(capsys):
     assert "usage: kinetoscope generate" in text
     for flag in ("--width", "--frames", "--guidance", "--negative", "--sampler", "--model"):
         assert flag in text
-    # The command's defaults are the pipeline's.
+    # The command's defaults are the pipeline's (the size's, unless an input gives its own).
     args = build_parser().parse_args(["generate", "x"])
-    assert (args.width, args.height, args.frames) == DEFAULT_SIZE
+    for flag, value in zip(("width", "height", "frames"), DEFAULT_SIZE, strict=True):
+        assert getattr(args, flag) is None and f"default: {value}" in " ".join(text.split())
     assert (args.steps, args.guidance) == (DEFAULT_STEPS, DEFAULT_GUIDANCE)
 
 

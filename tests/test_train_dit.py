@@ -372,3 +372,20 @@ def test_mirror_twins_share_a_batch_their_timestep_and_their_noise(tmp_path):
     assert sorted(k for unit in units for k in unit) == valid  # every clip exactly once
     assert {tuple(u) for u in units if len(u) == 2} == {(j, i) for i, j in pairs.items()}
     assert _mirror_pairs(dataset, valid, [10] * len(valid), budget=15) == {}  # pairs must fit
+
+
+def test_given_masks_cover_every_mode_and_leave_frames_to_learn():
+    from kinetoscope.train.dit import GIVEN_MASKS, given_patches
+
+    fractions = [i / 16 for i in range(16)]
+    for patches in (2, 3, 5, 9):
+        for kind in GIVEN_MASKS:
+            for fraction in fractions:
+                given = given_patches(kind, patches, fraction)
+                assert given and len(given) < patches and set(given) <= set(range(patches))
+    assert given_patches("first", 9, 0.9) == [0]
+    assert given_patches("suffix", 9, 0.0) == [8]
+    ends = given_patches("ends", 9, 0.5)
+    assert 0 in ends and 8 in ends and len(ends) < 9
+    middle = given_patches("middle", 9, 0.5)
+    assert 0 not in middle and 8 not in middle

@@ -135,6 +135,7 @@ def _train(args: argparse.Namespace) -> int:
                  "sequences_per_batch": args.sequences, "max_area": args.max_area,
                  "init": args.init, "timestep_mean": args.timestep_mean,
                  "probe_every": args.probe_every, "caption_dropout": args.caption_dropout,
+                 "given_prob": args.given_prob,
                  "ema_decay": args.ema_decay, "device": args.device,
                  "twin_batches": args.twin_batches or None}  # fmt: skip
     summary = train_dit(
@@ -172,52 +173,128 @@ def _write_output(path: Path, video, fps: float) -> Path:
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
-    from kinetoscope.io import IMAGE_EXTENSIONS, check_output_file, check_output_folder
-    from kinetoscope.pipeline import Pipeline, resolve_device
+    from kinetoscope.conditioning import SINGLE_PASS_FRAMES
+    from kinetoscope.pipeline import DEFAULT_SIZE, Pipeline, resolve_device
 
-    out = Path(args.out or ("image.png" if args.frames == 1 else "video.mp4"))
-    kinds = {".mp4", ".gif", ".mkv", *IMAGE_EXTENSIONS}
-    if out.suffix.lower() not in kinds:
-        raise ValueError(f"--out {out}: use one of {', '.join(sorted(kinds))}")
-    frames_folder = out.suffix.lower() in IMAGE_EXTENSIONS and args.frames > 1
-    target = out.with_suffix("") if frames_folder else out
-    if frames_folder:
-        check_output_folder(target, "--out (a folder of frames for --frames > 1)")
-    else:
-        check_output_file(out, "--out")
-    if not args.overwrite and (target.is_file() or (target.is_dir() and any(target.iterdir()))):
-        raise ValueError(f"--out {target} already exists; pass --overwrite to replace it")
+    mode, inputs = _generation_mode(args)  # every option checked, every input read, first
+    out = _generation_output(args, single_image=mode == "text" and args.frames == 1)
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    size = (args.width, args.height, args.frames)
-    pipe = Pipeline.load(args.model, device=device, sizes=[size])  # sizes checked first
+    # Refuse sizes off the grid before loading the model (an input's own size always fits).
+    single = mode == "text" and not args.loop and args.frames <= SINGLE_PASS_FRAMES
+    width, height, _ = DEFAULT_SIZE
+    sizes = [(args.width or width, args.height or height, args.frames if single else 1)]
+    pipe = Pipeline.load(args.model, device=device, sizes=sizes)  # sizes checked first
     loading = time.perf_counter() - start
-    [video] = pipe.generate(
-        args.prompt,
-        width=args.width,
-        height=args.height,
-        frames=args.frames,
-        steps=args.steps,
-        guidance=args.guidance,
-        seed=args.seed,
-        sampler=args.sampler,
-        negative=args.negative,
-    )
+    result = _run_mode(pipe, mode, inputs, args)
     start = time.perf_counter()
-    path = _write_output(out, video, args.fps)
+    path = _write_output(out, result.video, args.fps)
     writing = time.perf_counter() - start
+    video = result.video
+    height, width = video.shape[1:3]
     what = "image" if len(video) == 1 else f"{len(video)} frames at {args.fps:g} fps"
-    print(f"wrote {path} ({args.width}x{args.height}, {what}, seed {args.seed})")
-    t = pipe.timings
+    print(f"wrote {path} ({width}x{height}, {what}, seed {args.seed})")
+    if mode != "text":
+        print(f"{result.mode}: {result.given} frames given, {result.generated} generated")
+    for note in result.notes:
+        print(f"  {note}")
+    t = result.timings
     total = loading + sum(t.values()) + writing
     print(
-        f"took {total:.1f} s: loading {loading:.1f} s, text {t['text']:.2f} s, sampling "
-        f"{t['sampling']:.1f} s ({args.steps} {args.sampler} steps), decoding "
-        f"{t['decoding']:.1f} s, writing {writing:.2f} s"
+        f"took {total:.1f} s: loading {loading:.1f} s, text {t.get('text', 0):.2f} s, sampling "
+        f"{t.get('sampling', 0):.1f} s ({args.steps} {args.sampler} steps a window), decoding "
+        f"{t.get('decoding', 0):.1f} s, writing {writing:.2f} s"
     )
     return 0
+
+
+_MODE_OPTIONS = ("image", "video", "connect", "edit", "storyboard")
+
+
+def _generation_mode(args: argparse.Namespace) -> tuple[str, dict]:
+    """The mode asked ("text", "image", "video", "connect", "edit" or "storyboard") and its
+    inputs, read now; ValueError for options that conflict or inputs that cannot be read."""
+    from kinetoscope.conditioning import load_frames, read_storyboard
+
+    asked = [name for name in _MODE_OPTIONS if getattr(args, name) is not None]
+    if len(asked) > 1:
+        raise ValueError(f"choose one of --{' or --'.join(asked)}: they are separate modes")
+    mode = asked[0] if asked else "text"
+    if (mode == "storyboard") == (args.prompt is not None):
+        raise ValueError(
+            "a storyboard gives each segment's prompt; drop PROMPT"
+            if mode == "storyboard"
+            else "give a PROMPT: what the video shows, e.g. 'a red circle moving right'"
+        )
+    if args.loop and mode not in ("text", "image"):
+        raise ValueError(f"--loop makes a looping video from text or --image, not --{mode}")
+    if args.extend is not None and mode != "video":
+        raise ValueError("--extend needs --video PATH, the video to extend")
+    if args.strength is not None and mode != "edit":
+        raise ValueError("--strength needs --edit PATH, the video to edit")
+    if mode == "storyboard" and args.frames is not None:
+        raise ValueError("a storyboard gives each segment's frames; drop --frames")
+    if args.frames is None:
+        args.frames = 16 if mode in ("video", "connect") else 17
+    if mode == "storyboard":
+        return mode, {"segments": read_storyboard(args.storyboard)}
+    if mode == "text":
+        return mode, {}
+    if mode == "connect":
+        first, second = (load_frames(path) for path in args.connect)
+        return mode, {"first": first, "second": second}
+    return mode, {"frames": load_frames(getattr(args, mode))}
+
+
+def _run_mode(pipe, mode: str, inputs: dict, args: argparse.Namespace):
+    """Generate in `mode` with the inputs `_generation_mode` read (a `Prompted`)."""
+    from kinetoscope import conditioning
+
+    options = {"steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+               "sampler": args.sampler, "negative": args.negative, "width": args.width,
+               "height": args.height}  # fmt: skip
+    prompt, frames = args.prompt, args.frames
+    if mode == "storyboard":
+        return conditioning.long_video(pipe, inputs["segments"], **options)
+    if mode == "text" and args.loop:
+        return conditioning.loop(pipe, prompt, frames=frames, **options)
+    if mode == "text":
+        return conditioning.text_to_video(pipe, prompt, frames=frames, **options)
+    if mode == "image":
+        return conditioning.animate(
+            pipe, prompt, inputs["frames"], frames=frames, loop=args.loop, **options
+        )
+    if mode == "video":
+        return conditioning.extend(
+            pipe, prompt, inputs["frames"], frames=frames, direction=args.extend or "forward",
+            **options,
+        )  # fmt: skip
+    if mode == "connect":
+        return conditioning.connect(pipe, prompt, inputs["first"], inputs["second"],
+                                    frames=frames, **options)  # fmt: skip
+    strength = conditioning.DEFAULT_STRENGTH if args.strength is None else args.strength
+    return conditioning.edit(pipe, prompt, inputs["frames"], strength=strength, **options)
+
+
+def _generation_output(args: argparse.Namespace, single_image: bool) -> Path:
+    """--out, checked: a known extension, a writable place, not replacing a file unasked."""
+    from kinetoscope.io import IMAGE_EXTENSIONS, check_output_file, check_output_folder
+
+    out = Path(args.out or ("image.png" if single_image else "video.mp4"))
+    kinds = {".mp4", ".gif", ".mkv", *IMAGE_EXTENSIONS}
+    if out.suffix.lower() not in kinds:
+        raise ValueError(f"--out {out}: use one of {', '.join(sorted(kinds))}")
+    frames_folder = out.suffix.lower() in IMAGE_EXTENSIONS and not single_image
+    target = out.with_suffix("") if frames_folder else out
+    if frames_folder:
+        check_output_folder(target, "--out (a folder of frames for more than one frame)")
+    else:
+        check_output_file(out, "--out")
+    if not args.overwrite and (target.is_file() or (target.is_dir() and any(target.iterdir()))):
+        raise ValueError(f"--out {target} already exists; pass --overwrite to replace it")
+    return out
 
 
 def _eval_vae(args: argparse.Namespace) -> int:
@@ -341,10 +418,10 @@ def _eval_world(args: argparse.Namespace) -> int:
 
 
 class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except None and "" (their help says what happens without the option)."""
+    """Shows defaults, except None, "" and False (their help says what happens without the option)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default == "":
+        if action.default is None or action.default == "" or action.default is False:
             return action.help
         return super()._get_help_string(action)
 
@@ -364,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Render clips of a deterministic 2D physics world (moving shapes with exact "
         "captions) as lossless videos, with a manifest.jsonl and per-clip ground truth. "
         "The same seed gives the same bytes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelp,
     )
     world.add_argument("--out", required=True, help="output folder")
     world.add_argument("--clips", type=int, default=100, help="number of clips")
@@ -403,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Probe every video and image under FOLDER (recursively) and write a "
         "manifest.jsonl. Captions come from a sidecar .txt beside each file or from a CSV/JSONL "
         "of path,caption. Files that cannot be read go to an error report with the reason.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelp,
     )
     index.add_argument("folder", help="folder of videos and images")
     index.add_argument("--out", required=True, help="manifest to write (.jsonl)")
@@ -421,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the causal video VAE on the clips of a manifest (random crops of "
         "native-size clips). Checkpoints (safetensors + config.json, and the training state) "
         "go to --out; --resume continues from them exactly.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelp,
     )
     train_vae.add_argument("--data", required=True, help="manifest.jsonl of training clips")
     train_vae.add_argument("--preset", default="world", help="VAE preset: tiny, world or base")
@@ -497,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Encode clips with a VAE (cached on disk), pack them at native size and "
         "train a DiT with rectified flow. Works unchanged under torchrun (DDP). Writes "
         "checkpoints (safetensors + config.json), metrics.jsonl, loss.png and previews to --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelp,
     )
     train.add_argument("--data", required=True, help="manifest.jsonl of captioned clips")
     train.add_argument("--preset", default="tiny", help="DiT preset: tiny, mini, small, base, ...")
@@ -516,7 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the run in --out (else an existing run is refused; its cache/ is kept)",
     )
     train.add_argument(
-        "--init", help="model folder whose weights start the run (fine-tune it; new optimizer)"
+        "--init",
+        help="model or run folder whose weights start the run (fine-tune it; new optimizer)",
     )
     train.add_argument("--lr", type=float, help="peak learning rate (default: the config's)")
     train.add_argument(
@@ -541,6 +619,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--caption-dropout", type=float, help="empty-prompt rate (for classifier-free guidance)"
+    )
+    train.add_argument(
+        "--given-prob",
+        type=float,
+        help="rate of videos trained with clean given frames, a prefix or a suffix (what "
+        "image-to-video and extension sample with)",
     )
     train.add_argument("--ema-decay", type=float, help="EMA decay of the sampling weights")
     train.add_argument(
@@ -569,21 +653,38 @@ def build_parser() -> argparse.ArgumentParser:
         "guidance, decoded by the VAE. The output format follows --out's extension: .mp4 "
         "(H.264, plays in browsers), .gif, .mkv (lossless), or .png/.jpg/.webp: an image for "
         "--frames 1, else a folder of numbered PNGs named after --out. The same prompt, seed "
-        "and settings give the same video.",
+        "and settings give the same video. Images and videos can prompt it too, one mode at a "
+        "time: --image (animate it; with --loop, a loop), --video with --extend, --connect, "
+        "--edit, --storyboard. Inputs of any size are fitted to the output size (resized to "
+        "cover, centre-cropped); without --width/--height the output takes the input's own "
+        "size, rounded to a multiple of 16. Your input frames come back unchanged in the "
+        "output. Past 65 frames a video is made window by window, in constant memory.",
         formatter_class=_DefaultsHelp,
     )
-    generate.add_argument("prompt", help="what the video shows, e.g. 'a red circle moving right'")
+    generate.add_argument(
+        "prompt",
+        nargs="?",
+        help="what the video shows, e.g. 'a red circle moving right' (none with --storyboard)",
+    )
     generate.add_argument(
         "--model",
         help="model folder: a run folder written by `kinetoscope train` (its EMA weights, VAE and "
         "text encoder), or its checkpoint/ema folder (default: the bundled world model)",
     )
-    generate.add_argument("--width", type=int, default=96, help="width in pixels, a multiple of 16")
     generate.add_argument(
-        "--height", type=int, default=64, help="height in pixels, a multiple of 16"
+        "--width", type=int, help="width in pixels, a multiple of 16 (default: 96, or the input's)"
     )
     generate.add_argument(
-        "--frames", type=int, default=17, help="frames, 1 + 4k (1 is an image: 1, 5, 9, 13, ...)"
+        "--height",
+        type=int,
+        help="height in pixels, a multiple of 16 (default: 64, or the input's)",
+    )
+    generate.add_argument(
+        "--frames",
+        type=int,
+        help="frames: of the video, 1 + 4k up to 65 and any count beyond (1 is an image); with "
+        "--video, the frames to add; with --connect, the transition's, a multiple of 4 "
+        "(default: 17; 16 to add or connect)",
     )
     generate.add_argument("--steps", type=int, default=30, help="sampler steps")
     generate.add_argument(
@@ -611,6 +712,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace --out if it exists (else refused)"
     )
     generate.add_argument("--fps", type=float, default=8.0, help="frames per second of the file")
+    prompting = generate.add_argument_group("image and video prompts (one mode at a time)")
+    prompting.add_argument("--image", metavar="PATH", help="animate this image: it is frame 0")
+    prompting.add_argument(
+        "--loop", action="store_true", help="a seamless loop (from --image, or from the prompt)"
+    )
+    prompting.add_argument("--video", metavar="PATH", help="a video to extend (with --extend)")
+    prompting.add_argument(
+        "--extend",
+        choices=("forward", "backward"),
+        help="add --frames after the video's end (forward) or before its start (default: forward)",
+    )
+    prompting.add_argument(
+        "--connect",
+        nargs=2,
+        metavar=("A", "B"),
+        help="video A, then a generated transition of --frames, then video B",
+    )
+    prompting.add_argument(
+        "--edit", metavar="PATH", help="re-generate this video under the prompt (SDEdit)"
+    )
+    prompting.add_argument(
+        "--strength",
+        type=float,
+        help="how much of --edit to re-generate, in [0, 1]: 0 returns the input, 1 ignores it "
+        "(default: 0.6)",
+    )
+    prompting.add_argument(
+        "--storyboard",
+        metavar="FILE",
+        help="a text file of 'FRAMES PROMPT' lines: segments one after another, each continuing "
+        "the last (give no PROMPT)",
+    )
     generate.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if any)")
     generate.add_argument(
         "--threads", type=_positive_int, help="torch CPU threads (default: torch's)"
@@ -628,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="reconstruction PSNR, SSIM, latent bits per pixel and throughput of a VAE",
         description="Reconstruct clips through a trained VAE; print PSNR, SSIM, latent bits "
         "per pixel and throughput, and with --out write report.json and example GIF/PNGs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelp,
     )
     eval_vae.add_argument(
         "--vae", required=True, help="VAE folder (model.safetensors + config.json) or 'world'"

@@ -59,26 +59,83 @@ from kinetoscope.diffusion import (
     SamplerStep,
     Velocity,
     guided_batched,
+    interpolate,
     sample,
     timestep_schedule,
     token_shift,
 )
 from kinetoscope.dit import DiT, DiTConfig
-from kinetoscope.io import to_uint8
+from kinetoscope.io import to_float, to_uint8
 from kinetoscope.nn import resolve_precision
 from kinetoscope.patches import PackedBatch, block_attention_mask, pack, patch_grid, unpack
 from kinetoscope.text import TextEncoder, concat_text, load_text_encoder
 from kinetoscope.vae import BUNDLED, VideoVAE, load_vae
 
 Size = tuple[int, int, int]  # (width, height, frames) of a pixel video
-Given = tuple[Tensor, Sequence[int]]  # (clean latent c t h w, latent frame indices it gives)
+GivenLatent = tuple[Tensor, Sequence[int]]  # (clean latent c t h w, latent frame indices)
 
 DEFAULT_SIZE: Size = (96, 64, 17)  # a world-benchmark canvas, 2 s at 8 fps
 DEFAULT_STEPS = 30
 DEFAULT_GUIDANCE = 4.0  # the training previews' scale
+DEFAULT_STRENGTH = 0.6  # SDEdit: keeps the input's layout and motion, lets colours and shapes go
 DECODE_CHUNK = 4  # latent frames per VAE decode call after the first: memory of one chunk
 DECODE_TILE = 512  # pixels: larger frames are decoded in blended tiles
 RUN_CHECKPOINT = "checkpoint"  # the trainer's checkpoint folder inside a run
+
+
+@dataclass(frozen=True)
+class Given:
+    """Pixel frames a generated video must show: `frames` (`T H W 3` uint8, at the output's
+    size) from output frame `at` on. They enter the DiT as clean latent frames and come back
+    verbatim in the output.
+
+    The causal VAE codes frame 0 alone and then groups of 4 frames, so a given clip fills whole
+    latent frames: at `at = 0` it has 1 + 4m frames; later it starts a group (`at = 1 + 4j`)
+    and has 4m frames. A single image given later than frame 0 is held for a whole group (4
+    frames). `latent_frames` says which latent frames a placement fills.
+    """
+
+    frames: np.ndarray
+    at: int = 0
+
+    def __post_init__(self) -> None:
+        frames = self.frames
+        if not (isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4
+                and frames.shape[-1] == 3 and len(frames) > 0):  # fmt: skip
+            raise ValueError(
+                "given frames must be a T H W 3 uint8 array (read one with io.read_video), got "
+                f"{type(frames).__name__} {getattr(frames, 'shape', '')}"
+            )
+        if not _is_int(self.at) or self.at < 0:
+            raise ValueError(f"a given clip's start frame must be an integer >= 0, got {self.at!r}")
+
+    def held(self) -> np.ndarray:
+        """The frames as placed: an image given after frame 0 held for a group of 4."""
+        return (
+            np.repeat(self.frames, 4, axis=0)
+            if self.at > 0 and len(self.frames) == 1
+            else self.frames
+        )
+
+    def latent_frames(self, total: int, temporal_factor: int = 4) -> list[int]:
+        """Latent frames of a `total`-frame video this placement fills; ValueError if it does
+        not fill whole ones (the message says where it may go)."""
+        count, tf = len(self.held()), temporal_factor
+        if self.at == 0 and (count - 1) % tf == 0:
+            first, latents = 0, 1 + (count - 1) // tf
+        elif self.at > 0 and (self.at - 1) % tf == 0 and count % tf == 0:
+            first, latents = 1 + (self.at - 1) // tf, count // tf
+        else:
+            raise ValueError(
+                f"{count} given frames at frame {self.at} do not fill whole latent frames: "
+                f"give 1 + {tf}k frames at frame 0, or {tf}k frames (or one image) starting at "
+                f"frame 1 + {tf}j"
+            )
+        if self.at + count > total:
+            raise ValueError(
+                f"{count} given frames at frame {self.at} run past the video's {total} frames"
+            )
+        return list(range(first, first + latents))
 
 
 def default_model_dir() -> Path:
@@ -124,6 +181,20 @@ def _find_vae(root: Path, dit: Path, named: str | None) -> Path | None:
     return next((f for f in BUNDLED.values() if f.name == path.name and _is_model_folder(f)), None)
 
 
+def dit_folder(root: Path) -> Path:
+    """The DiT model folder of `root`: a run's EMA weights, a checkpoint's, or `root` itself
+    (layouts in the module docstring). Raises ValueError when it holds none."""
+    candidates = [root / RUN_CHECKPOINT / "ema", root / "ema", root / "dit", root]
+    dit = next((c for c in candidates if _is_model_folder(c)), None)
+    if dit is None:
+        raise ValueError(
+            f"{root} holds no DiT: expected a run folder written by `kinetoscope train` "
+            "(checkpoint/ema/), its checkpoint/ folder, or a model folder with config.json and "
+            "model.safetensors"
+        )
+    return dit
+
+
 def find_model(
     model_dir: str | os.PathLike | None = None,
     *,
@@ -150,14 +221,7 @@ def find_model(
                 f"model folder {root} does not exist; pass a run folder written by "
                 "`kinetoscope train` (or its checkpoint/ema folder)"
             )
-    candidates = [root / RUN_CHECKPOINT / "ema", root / "ema", root / "dit", root]
-    dit = next((c for c in candidates if _is_model_folder(c)), None)
-    if dit is None:
-        raise ValueError(
-            f"{root} holds no DiT: expected a run folder written by `kinetoscope train` "
-            "(checkpoint/ema/), its checkpoint/ folder, or a model folder with config.json and "
-            "model.safetensors"
-        )
+    dit = dit_folder(root)
     meta = load_meta(dit)
     if vae is not None:
         vae_folder = BUNDLED.get(str(vae), Path(vae))
@@ -299,13 +363,39 @@ class Pipeline:
             return cond, None
         return cond, tuple(x.to(self.device) for x in self.text.encode(list(negatives)))
 
-    # -- 3. noise grid ----------------------------------------------------------------------
+    # -- 3. given frames and the noise grid -------------------------------------------------
+
+    def encode_given(self, given: Sequence[Given], size: Size) -> GivenLatent:
+        """The clean latent `c t h w` of a `size` (width, height, frames) video holding `given`,
+        and the latent frames they fill (see `Given`). A clip placed after frame 0 is encoded
+        behind a copy of its first frame, so its groups are coded as groups, not as frame 0."""
+        width, height, frames = size
+        tf = self.vae.config.temporal_factor
+        latent_size = self.vae.latent_size(frames, height, width)
+        latent = torch.zeros((self.dit.config.latent_channels, *latent_size))  # c t h w
+        filled: set[int] = set()
+        for item in given:
+            clip = item.held()  # T H W 3 uint8
+            if clip.shape[1:3] != (height, width):
+                raise ValueError(
+                    f"given frames are {clip.shape[2]}x{clip.shape[1]} but the video is "
+                    f"{width}x{height}; fit them first (conditioning.fit_frames)"
+                )
+            indices = item.latent_frames(frames, tf)
+            if filled & set(indices):
+                raise ValueError(f"given clips overlap at frame {item.at}; give each frame once")
+            filled |= set(indices)
+            lead = clip if item.at == 0 else np.concatenate([clip[:1], clip])  # T' H W 3
+            video = to_float(lead, device=self.device)[None]  # 1 3 T' H W
+            z = self.vae.encode(video, chunk_frames=DECODE_CHUNK * tf)[0].float().cpu()
+            latent[:, indices] = z if item.at == 0 else z[:, 1:]  # c t' h w
+        return latent, sorted(filled)
 
     def lay_out(
         self,
         latent_sizes: Sequence[tuple[int, int, int]],
         seeds: Sequence[int],
-        given: Sequence[Given | None] | None = None,
+        given: Sequence[GivenLatent | None] | None = None,
     ) -> PackedBatch:
         """Noise latents `c t h w` of the given sizes, one seeded generator each (on the CPU),
         packed into sequences on the device: each sample whole, short ones sharing.
@@ -345,9 +435,15 @@ class Pipeline:
         shift: float | None = None,
         progress: bool = False,
         callback: Callback | None = None,
+        init: Tensor | None = None,
+        strength: float = 1.0,
     ) -> Tensor:
         """Clean tokens (N, L, Din): the sampler run from `packed.tokens` (noise, and clean
         given tokens) at t = 1 down to t = 0.
+
+        SDEdit (Meng et al. 2022): with `init` (N, L, Din), the clean tokens of a video to edit,
+        sampling starts `strength` of the way along the schedule, from `init` noised to that
+        time with `packed.tokens` as the noise (strength 1: plain generation).
 
         `text` is the prompts' (embeddings (B, S, Dtxt), mask (B, S)), row i for sample i;
         `negative` the unconditional branch, used when `guidance` is not 1. Each sample follows
@@ -361,7 +457,11 @@ class Pipeline:
         hold = packed.given_mask | ~packed.valid_mask  # given tokens and padding never move
         use_negative = guidance != 1 and negative is not None
         velocity = self._velocity(packed, text, negative if use_negative else None, guidance)
-        bar = tqdm(total=steps, desc="sampling", unit="step", disable=not progress)
+        start = 0 if init is None else steps - round(steps * strength)
+        x = packed.tokens.float()  # (N, L, Din)
+        if init is not None:
+            x = torch.where(hold[..., None], x, interpolate(init.float(), x, schedule[start]))
+        bar = tqdm(total=steps - start, desc="sampling", unit="step", disable=not progress)
 
         def on_step(step: SamplerStep) -> None:
             bar.update(1)
@@ -369,8 +469,7 @@ class Pipeline:
                 callback(step)
 
         try:
-            x = packed.tokens.float()  # (N, L, Din)
-            return sample(velocity, x, schedule, sampler, given=hold, callback=on_step)
+            return sample(velocity, x, schedule, sampler, given=hold, callback=on_step, start=start)
         finally:
             bar.close()
 
@@ -438,6 +537,9 @@ class Pipeline:
         shift: float | None = None,
         progress: bool = True,
         callback: Callback | None = None,
+        given: Sequence[Given] | None = None,
+        edit: np.ndarray | None = None,
+        strength: float = DEFAULT_STRENGTH,
     ) -> list[np.ndarray]:
         """Videos for `prompts`: a list of `T H W 3` uint8 numpy arrays, one per prompt, in order.
 
@@ -451,6 +553,12 @@ class Pipeline:
         prompt): the same seed, prompt and settings give the same video. `shift` replaces the
         token-count timestep shift. `progress` shows a bar over the steps; `callback` sees each
         `SamplerStep`. Seconds per stage land in `self.timings`.
+
+        Conditioning (`kinetoscope.conditioning` builds it for each mode), shared by every
+        prompt, all then of one size: `given` frames (`Given`: an image to animate, the end of a
+        video to extend, ...) enter as clean tokens and come back verbatim; `edit`, a video of
+        the output's size (`T H W 3` uint8), is re-generated from `strength` of the way along
+        the sampler (SDEdit; 0 returns it unchanged, 1 ignores it).
         """
         # 1. Check every setting and size before any work.
         prompts = _strings(prompts, "prompts")
@@ -482,15 +590,25 @@ class Pipeline:
         negatives = [negative] * n if isinstance(negative, str) else _strings(negative, "negative")
         if len(negatives) != n:
             raise ValueError(f"{len(negatives)} negatives for {n} prompts; give one or one each")
+        _check_conditioning(sizes, given, edit, strength)
+        if edit is not None and strength == 0:  # nothing to re-generate: the input, untouched
+            self.timings = {"text": 0.0, "sampling": 0.0, "decoding": 0.0}
+            return [edit.copy() for _ in range(n)]
 
         # 2. Text: the prompts, and the negatives for the unconditional branch of guidance.
         start = time.perf_counter()
         text, uncond = self.encode_text(prompts, negatives if guidance != 1 else None)
         self.timings = {"text": time.perf_counter() - start}
 
-        # 3. A grid of noise of each size, packed into sequences with block masks.
+        # 3. A grid of noise of each size, packed into sequences with block masks; given
+        # frames enter as clean tokens, a video to edit as the clean tokens to start from.
         start = time.perf_counter()
-        packed = self.lay_out(latent_sizes, seeds)
+        known = None if not given else self.encode_given(given, sizes[0])
+        packed = self.lay_out(latent_sizes, seeds, None if known is None else [known] * n)
+        init = None
+        if edit is not None:
+            latent, _ = self.encode_given([Given(edit, 0)], sizes[0])
+            init = pack([latent] * n, patch=self.dit.config.patch).tokens.to(self.device)
 
         # 4. Sample: guided velocity, each sample on its own token-count-shifted schedule.
         tokens = self.denoise(
@@ -503,6 +621,8 @@ class Pipeline:
             shift=shift,
             progress=progress,
             callback=callback,
+            init=init,
+            strength=float(strength),
         )  # (N, L, Din)
 
         # 5. Tokens back to one latent `c t h w` per prompt.
@@ -512,6 +632,10 @@ class Pipeline:
         # 6-7. Decode with the VAE to uint8 frames `T H W 3`.
         start = time.perf_counter()
         videos = self.decode(latents)
+        for video in videos:  # the user's frames come back verbatim, not through the VAE
+            for item in given or ():
+                held = item.held()
+                video[item.at : item.at + len(held)] = held
         self.timings["decoding"] = time.perf_counter() - start
         return videos
 
@@ -539,6 +663,33 @@ def _check_vae_sizes(vae: VideoVAE, sizes: Sequence[Size]) -> list[tuple[int, in
         except ValueError as error:
             raise ValueError(f"{_which(i, len(sizes))}{error}") from None
     return latents
+
+
+def _check_conditioning(
+    sizes: Sequence[Size], given: Sequence[Given] | None, edit: object, strength: object
+) -> None:
+    """ValueError, before any work, for conditioning that cannot work (see `generate`)."""
+    if given is None and edit is None:
+        return
+    if len(set(map(tuple, sizes))) > 1:
+        raise ValueError("given frames and edits are shared by every prompt: use one size")
+    if given is not None and edit is not None:
+        raise ValueError("pass given frames or a video to edit, not both")
+    if given is not None and (
+        isinstance(given, Given) or not all(isinstance(g, Given) for g in given)
+    ):
+        raise ValueError("given must be a list of Given(frames, at)")
+    width, height, frames = sizes[0]
+    if edit is not None:
+        if not isinstance(edit, np.ndarray) or edit.dtype != np.uint8 or edit.ndim != 4:
+            raise ValueError(f"edit must be a T H W 3 uint8 video, got {type(edit).__name__}")
+        if edit.shape != (frames, height, width, 3):
+            raise ValueError(
+                f"the video to edit is {edit.shape[2]}x{edit.shape[1]}x{edit.shape[0]} but the "
+                f"output is {width}x{height}x{frames}; fit it first (conditioning.fit_frames)"
+            )
+        if not _is_number(strength) or not 0 <= strength <= 1:
+            raise ValueError(f"strength must be a number in [0, 1], got {strength!r}")
 
 
 def _strings(values: str | Sequence[str], name: str) -> list[str]:
@@ -582,6 +733,8 @@ __all__ = [
     "DEFAULT_GUIDANCE",
     "DEFAULT_SIZE",
     "DEFAULT_STEPS",
+    "DEFAULT_STRENGTH",
+    "Given",
     "ModelFiles",
     "Pipeline",
     "default_model_dir",

@@ -95,7 +95,7 @@ from kinetoscope.evaluate.sensitivity import ATTRIBUTES, build_probe, text_sensi
 from kinetoscope.io import write_video
 from kinetoscope.nn import PRECISIONS, resolve_precision
 from kinetoscope.patches import PackedBatch, TokenBudgetBatchSampler, item_tokens, pack
-from kinetoscope.pipeline import Pipeline
+from kinetoscope.pipeline import Pipeline, dit_folder
 from kinetoscope.text import EmbeddingCache, load_text_encoder
 from kinetoscope.text.base import TextEncoder
 from kinetoscope.train.latents import LatentCache, vae_identity
@@ -266,6 +266,30 @@ class TrainBatch:
     captions: list[str]  # after dropout ("" where dropped)
 
 
+# Which temporal patches of a video are given when some are (Open-Sora-Plan's curriculum of
+# masks): the first frame (image to video), a prefix (extend forward), a suffix (extend
+# backward), both ends (connect, loop) or a block in the middle (keyframes).
+GIVEN_MASKS = ("first", "prefix", "suffix", "ends", "middle")
+
+
+def given_patches(kind: str, patches: int, fraction: float) -> list[int]:
+    """The given temporal patches (of `patches` >= 2) for a mask of `GIVEN_MASKS`; `fraction`
+    in [0, 1) sets how many, and at least one patch is always left to learn."""
+    k = 1 + int(fraction * (patches - 1))  # 1 .. gt-1
+    if kind == "first" or (kind in ("ends", "middle") and patches < 3):
+        return [0]
+    if kind == "prefix":
+        return list(range(k))
+    if kind == "suffix":
+        return list(range(patches - k, patches))
+    k = 1 + int(fraction * (patches - 2))  # 1 .. gt-2 given, split or in one block
+    if kind == "ends":
+        head = max(1, k // 2)
+        return sorted({*range(head), *range(patches - max(1, k - head), patches)})
+    start = 1 + int(fraction * (patches - 1 - k))  # a block that leaves both ends to learn
+    return list(range(start, min(start + k, patches - 1)))
+
+
 def make_batch(
     latents: list[Tensor],
     captions: list[str],
@@ -290,18 +314,18 @@ def make_batch(
     source = torch.tensor([i if j < 0 else j for i, j in enumerate(twin_of)])  # (n,)
     dropped = (torch.rand(n, generator=generator) < caption_dropout)[source]
     captions = ["" if drop else caption for drop, caption in zip(dropped, captions, strict=True)]
-    # Given frames: a prefix (image-to-video, extension forward) or a suffix (extension
-    # backward) of 1 .. gt-1 temporal patches; a sample always keeps some tokens to learn.
-    wants, sides, fractions = torch.rand(3, n, generator=generator)[:, source]  # (n,) each
+    # Given frames, one mask of `GIVEN_MASKS` each (every mode generation offers); a sample
+    # always keeps some tokens to learn.
+    wants, kinds, fractions = torch.rand(3, n, generator=generator)[:, source]  # (n,) each
     given_frames: list[list[int] | None] = []
     for i, latent in enumerate(latents):
         patches = latent.shape[1] // patch[0]  # gt
         if patches < 2 or not bool(wants[i] < given_prob):
             given_frames.append(None)
             continue
-        k = 1 + int(fractions[i] * (patches - 1))  # 1 .. gt-1 patches
-        frames = range(k * patch[0])
-        given_frames.append(list(frames) if sides[i] < 0.5 else [-1 - f for f in frames])
+        kind = GIVEN_MASKS[int(kinds[i] * len(GIVEN_MASKS))]
+        given = given_patches(kind, patches, float(fractions[i]))
+        given_frames.append([p * patch[0] + f for p in given for f in range(patch[0])])
     packed = pack(latents, token_budget, patch, given_frames, num_sequences=sequences)
     t = training_timesteps(packed.lengths, timestep_mean, generator=generator)[source]  # (B,)
     t_tok = token_timesteps(t, packed.sample_index, packed.given_mask)  # (N, L)
@@ -575,7 +599,8 @@ def _train(
     if checkpoint is not None:
         dit_config = load_config(checkpoint / "model", DiTConfig)
     elif config.init is not None:
-        dit_config = load_config(config.init, DiTConfig)
+        init = dit_folder(Path(config.init).expanduser())  # a model folder, or a run's EMA
+        dit_config = load_config(init, DiTConfig)
         widths = (vae.config.latent_channels, text.dim)
         if (dit_config.latent_channels, dit_config.text_dim) != widths:
             raise ValueError(
@@ -594,7 +619,7 @@ def _train(
     if checkpoint is not None:
         load_weights(checkpoint / "model", model)
     elif config.init is not None:
-        load_weights(config.init, model)
+        load_weights(init, model)
     ema = copy.deepcopy(model).requires_grad_(False)  # fp32 EMA, never wrapped by DDP
     if checkpoint is not None:
         load_weights(checkpoint / "ema", ema)
