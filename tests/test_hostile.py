@@ -12,14 +12,17 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from kinetoscope.checkpoint import load_weights, save_model
 from kinetoscope.cli import main
 from kinetoscope.data.manifest import read_manifest
+from kinetoscope.io import write_video
 from kinetoscope.train.dit import load_dit, train_dit
 from kinetoscope.train.run import Diverged
 from kinetoscope.vae import VAE_PRESETS, VideoVAE
@@ -303,6 +306,12 @@ def _record(**changes) -> str:
         ("12", ["JSON object", "12"]),
         ('{"path": "a.mkv", "width": 32', ["not valid JSON"]),
         (json.dumps({"path": "a.mkv"}), ["missing field", "width"]),
+        (
+            _record(captions={"original": "a red\u001b[31m ball"}),
+            ["'captions'", "U+001B", "column 6"],
+        ),
+        (_record(captions={"long": "one\ntwo\u0007"}), ['"long"', "U+0007", "line 2, column 4"]),
+        (_record(captions={"bell\u0007": "a ball"}), ["'captions'", "U+0007"]),
     ],
 )
 def test_a_malformed_manifest_names_file_line_and_field(line, names, tiny_world, tmp_path, capsys):
@@ -410,8 +419,10 @@ def test_index_refuses_to_write_over_its_inputs(media_folder, tmp_path, capsys):
         (
             "c.jsonl",
             json.dumps({"path": "a.mkv", "caption": "bell\u0007"}) + "\n",
-            [":1", "control characters"],
+            [":1", "'caption'", "control character U+0007", "column 5"],
         ),
+        ("c.csv", 'path,caption\na.mkv,"clear\x1b[2J"\n', [":2", "'caption'", "U+001B"]),
+        ("c.csv", 'path,caption\na.mkv,"over\rwrite"\n', [":2", "'caption'", "U+000D"]),
     ],
 )
 def test_index_names_the_line_of_a_bad_captions_file(
@@ -438,7 +449,7 @@ def test_index_reports_odd_entries_and_indexes_the_rest(media_folder, tmp_path, 
     weird = os.fsencode(media_folder) + b"/caf\xe9.mkv"  # a name that is not UTF-8
     shutil.copy(media_folder / "a.mkv", weird)
     (media_folder / "c.mkv").write_bytes((media_folder / "a.mkv").read_bytes())
-    (media_folder / "c.txt").write_text("tab\tok but bell\u0007 not")
+    (media_folder / "c.txt").write_text("tab\tok on line 1\nbut a bell\u0007 on line 2")
     out = tmp_path / "m.jsonl"
     assert main(["index", str(media_folder), "--out", str(out)]) == 0
     text = capsys.readouterr()
@@ -452,8 +463,65 @@ def test_index_reports_odd_entries_and_indexes_the_rest(media_folder, tmp_path, 
     assert "loop.mkv" in reasons
     assert "not valid UTF-8" in reasons["caf\\udce9.mkv"]
     assert "cannot be read" in reasons["b.txt"]
-    assert "control characters" in reasons["c.txt"]
+    assert "control character U+0007 at line 2, column 11" in reasons["c.txt"]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def _png_claiming(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims `width` x `height` pixels (its pixel data is never reached)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))  # fmt: skip
+    return path
+
+
+def _truncated_mp4(path: Path, frames: int = 33) -> Path:
+    """An mp4 cut in half: its header still claims `frames` frames."""
+    video = np.random.default_rng(0).integers(0, 256, (frames, 64, 64, 3), dtype=np.uint8)
+    write_video(path, video, fps=8)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_index_leaves_out_what_training_cannot_read(media_folder, tmp_path, capsys):
+    _truncated_mp4(media_folder / "cut.mp4")
+    _png_claiming(media_folder / "huge.png", 12_000, 9_000)  # 108 M pixels
+    before = snapshot(media_folder)
+    out = tmp_path / "m.jsonl"
+    assert main(["index", str(media_folder), "--out", str(out)]) == 0  # the rest is indexed
+    text = capsys.readouterr()
+    assert "Traceback" not in text.out + text.err
+    assert "2 unreadable" in text.out and "m.errors.jsonl" in text.out
+    assert sorted(Path(r.path).name for r in read_manifest(out)) == ["a.mkv", "b.mkv"]
+    errors = [json.loads(line) for line in out.with_name("m.errors.jsonl").read_text().splitlines()]
+    reasons = {Path(e["path"]).name: e["reason"] for e in errors}
+    assert "header claims 33 frames" in reasons["cut.mp4"] and "truncated" in reasons["cut.mp4"]
+    assert "12000x9000" in reasons["huge.png"] and "pixels" in reasons["huge.png"]
+    assert snapshot(media_folder) == before
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_training_reads_skip_what_index_leaves_out(tmp_path, caplog):
+    # A manifest made some other way still names them: training skips them with the reason.
+    from kinetoscope.data.dataset import ClipDataset
+    from kinetoscope.data.manifest import ManifestRecord
+    from kinetoscope.io import VideoReadError, read_video
+
+    huge = _png_claiming(tmp_path / "huge.png", 12_000, 9_000)
+    with pytest.raises(VideoReadError, match="huge.png.*12000x9000"):
+        read_video(huge)
+    cut = _truncated_mp4(tmp_path / "cut.mp4")
+    records = [ManifestRecord(str(huge), 12_000, 9_000, 1, 0.0),
+               ManifestRecord(str(cut), 64, 64, 33, 8.0)]  # fmt: skip
+    dataset = ClipDataset(records, max_frames=33, temporal_crop="start")
+    assert [dataset[i] for i in range(2)] == [None, None] and dataset.skipped == 2
+    assert "huge.png" in caplog.text and "cut.mp4" in caplog.text
 
 
 @pytest.mark.skipif(ROOT, reason="root reads unreadable folders")
@@ -487,6 +555,31 @@ def test_eval_and_world_refuse_outputs_they_cannot_write(tiny_world, tmp_path, c
     fails(capsys, ["eval", "world", "--export-suite", tmp_path], "--export-suite", "folder")
     fails(capsys, ["eval", "world", "--render-reference", a_file], a_file, "is a file")
     assert a_file.read_text() == "keep"
+
+
+def test_eval_counts_a_file_named_twice_once(tiny_world, tmp_path, capsys):
+    manifest, vae = tiny_world
+    lines = Path(manifest).read_text().splitlines()
+    first = json.loads(lines[0])
+    respelled = json.dumps({**first, "path": "./" + first["path"]})  # the same file again
+    twice = Path(manifest).parent / "twice.jsonl"
+    twice.write_text("\n".join([lines[0], lines[1], lines[0], respelled, lines[2]]) + "\n")
+    once = Path(manifest).parent / "once.jsonl"
+    once.write_text("\n".join(lines[:3]) + "\n")
+    before = snapshot(twice)
+    reports = {}
+    for name in (twice, once):
+        out = tmp_path / name.stem
+        assert main(["eval", "vae", "--vae", str(vae), "--data", str(name), "--out", str(out)]) == 0
+        reports[name.stem] = json.loads((out / "report.json").read_text())
+    text = capsys.readouterr().err
+    assert "Traceback" not in text
+    assert str(twice) in text and "line 3 (= line 1), line 4 (= line 1)" in text
+    assert str(once) not in text  # no warning without duplicates
+    assert reports["twice"]["clips"] == 3
+    assert reports["twice"]["psnr"] == reports["once"]["psnr"]
+    assert reports["twice"]["per_clip"] == reports["once"]["per_clip"]
+    assert snapshot(twice) == before
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,12 @@ fill it in later). A captions-file entry that names no indexed file is written t
 report too (reason "caption for a missing file"), but it is counted in
 `IndexReport.caption_errors`, not in `failed`: no media file was lost. So is a sidecar that is
 not UTF-8 text, cannot be read or holds control characters (its file is indexed without a
-caption).
+caption; the report names the line and column). A captions-file entry with control characters
+is refused with the rest of that file, naming its line and field.
+
+A file is indexed only if training can read it: `probe` refuses what reading would (frames
+above the decompression-bomb limit, a video whose header claims frames the file does not
+hold), so such a file goes to the error report, not into the manifest.
 
 One odd entry never sinks the rest: a folder that cannot be read, a symlink loop, a file name
 that is not valid UTF-8 (a manifest is UTF-8 JSON) each become a line of the error report.
@@ -28,10 +33,8 @@ captions file, a file being indexed) or the other output.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
-import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,15 +42,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from kinetoscope.data.manifest import ManifestRecord, read_jsonl, read_text_lines, write_manifest
+from kinetoscope.data.manifest import (
+    ManifestRecord,
+    control_problem,
+    read_jsonl,
+    read_text_lines,
+    write_manifest,
+)
 from kinetoscope.io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_output_file, probe
 
 MIN_SIDE = 16  # the dataset crops to multiples of 16 and never upscales
 TOO_SMALL = f"smaller than {MIN_SIDE}x{MIN_SIDE}; the dataset never upscales"
 MISSING_FILE = "caption for a missing file"
 NOT_MEDIA = "caption for a file that is not a video or image"
-# Control characters other than tab and newline: nothing a caption should hold.
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -90,16 +97,9 @@ def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def _caption_problem(text: str) -> str | None:
-    """Why a caption cannot be used, or None."""
-    if CONTROL.search(text):
-        return "caption holds control characters; keep to plain text"
-    return None
-
-
 def _read_text(path: Path) -> str:
-    """A caption file's text, stripped; `utf-8-sig` so a leading byte-order mark is dropped."""
-    return path.read_text(encoding="utf-8-sig").strip()
+    """A caption file's text; `utf-8-sig` so a leading byte-order mark is dropped."""
+    return path.read_text(encoding="utf-8-sig")
 
 
 def read_captions(path: Path, folder: Path) -> dict[Path, str]:
@@ -114,8 +114,8 @@ def read_captions(path: Path, folder: Path) -> dict[Path, str]:
     pairs: list[tuple[str, str]] = []
     if suffix == ".csv":
         # The csv module handles quoted fields, so captions may contain commas and newlines.
-        text = "\n".join(line for _, line in read_text_lines(path))
-        reader = csv.DictReader(io.StringIO(text, newline=""))
+        # Fed line by line, its line_num counts the file's lines (a \r in a field is no line).
+        reader = csv.DictReader(line + "\n" for _, line in read_text_lines(path))
         fields = [name.strip() for name in reader.fieldnames or []]
         if "path" not in fields or "caption" not in fields:
             raise ValueError(
@@ -147,9 +147,9 @@ def read_captions(path: Path, folder: Path) -> dict[Path, str]:
     for where, name, caption in pairs:
         if not name.strip() or "\0" in name:
             raise ValueError(f"{where}: field 'path' must be a file path, got {json.dumps(name)}")
-        problem = _caption_problem(caption)
+        problem = control_problem(caption)
         if problem:
-            raise ValueError(f"{where}: field 'caption': {problem}")
+            raise ValueError(f"{where}: field 'caption' {problem}")
         captions[_real(folder / name.strip())] = caption.strip()
     return captions
 
@@ -301,10 +301,10 @@ def index_folder(
                 caption_errors.append(
                     (str(sidecar), f"caption file cannot be read: {error.strerror}")
                 )
-            problem = _caption_problem(text)
+            problem = control_problem(text)
             if problem:
-                caption_errors.append((str(sidecar), problem))
-                text = ""
+                caption_errors.append((str(sidecar), f"caption {problem}"))
+            text = "" if problem else text.strip()
         if text:
             record.captions = {"original": text}
         records.append(record)

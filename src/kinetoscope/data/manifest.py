@@ -7,7 +7,13 @@ Each line describes one video or image:
 
 `path` and `truth` are stored relative to the manifest's folder when they lie under it, so a
 dataset folder can be moved as a whole. Caption levels are free-form keys: the world writes
-`short`, `medium` and `long`; captions a user supplies are stored as `original`.
+`short`, `medium` and `long`; captions a user supplies are stored as `original`. Captions are
+plain text: a control character other than tab and newline (a bell, an escape sequence, a NUL)
+is refused, naming the file, the line and the caption, as is any other malformed value.
+
+A manifest may name a file twice (training then sees it twice as often). Evaluations read it
+with `read_unique_manifest`, which keeps each file once and warns, so no file counts twice in
+a mean.
 """
 
 from __future__ import annotations
@@ -16,11 +22,31 @@ import codecs
 import json
 import math
 import os
+import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REQUIRED = ("path", "width", "height", "frames", "fps")
+# Control characters (Unicode category Cc) other than tab and newline (a Windows \r\n too):
+# nothing a caption should hold; they ring, move the cursor or recolour a terminal printing it.
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
+
+
+def control_problem(text: str) -> str | None:
+    """What is wrong with `text` as a caption, in words naming its first control character and
+    where it is ("holds control character U+0007 at line 1, column 5 of the caption; ..."), or
+    None for plain text."""
+    match = CONTROL.search(text)
+    if match is None:
+        return None
+    before = text[: match.start()]
+    line, column = before.count("\n") + 1, len(before) - before.rfind("\n")
+    return (
+        f"holds control character U+{ord(match.group()):04X} at line {line}, column {column} of "
+        "the caption; keep captions to plain text (tabs and newlines are fine)"
+    )
 
 
 @dataclass
@@ -148,17 +174,25 @@ def _field(where: str, data: dict, key: str, kind: str) -> object:
     return value
 
 
-def read_manifest(path: str | os.PathLike) -> list[ManifestRecord]:
-    """Read a manifest; paths come back absolute. A malformed line raises ValueError naming
-    the file, the line and the field, and what it expects."""
-    path = Path(path)
+def _captions(where: str, data: dict) -> dict[str, str]:
+    """The `captions` field, checked: an object of plain-text strings."""
+    captions = dict(_field(where, data, "captions", "captions"))
+    for level, text in captions.items():
+        problem = control_problem(level) or control_problem(text)
+        if problem:
+            raise ValueError(f"{where}: field 'captions' entry {json.dumps(level)} {problem}")
+    return captions
+
+
+def _records(path: Path) -> Iterator[tuple[int, ManifestRecord]]:
+    """(line number, record) of each line of manifest `path` (see `read_manifest`)."""
     if not path.is_file():
         what = "is a folder, not a manifest file" if path.is_dir() else "does not exist"
         raise ValueError(
             f"manifest {path} {what}; make one with `kinetoscope index` or `kinetoscope world`"
         )
     root = path.parent.resolve()
-    records = []
+    known = {"path", "width", "height", "frames", "fps", "captions", "truth"}
     for number, data in read_jsonl(path):
         where = f"{path}:{number}"
         if not isinstance(data, dict):
@@ -169,18 +203,47 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRecord]:
         missing = [key for key in REQUIRED if key not in data]
         if missing:
             raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
-        known = {"path", "width", "height", "frames", "fps", "captions", "truth"}
         truth = _field(where, data, "truth", "optional path")
-        records.append(
+        yield (
+            number,
             ManifestRecord(
                 path=str(root / _field(where, data, "path", "path")),
                 width=int(_field(where, data, "width", "count")),
                 height=int(_field(where, data, "height", "count")),
                 frames=int(_field(where, data, "frames", "count")),
                 fps=float(_field(where, data, "fps", "fps")),
-                captions=dict(_field(where, data, "captions", "captions")),
+                captions=_captions(where, data),
                 truth=str(root / truth) if truth else None,
                 extra={k: v for k, v in data.items() if k not in known},
-            )
+            ),
+        )
+
+
+def read_manifest(path: str | os.PathLike) -> list[ManifestRecord]:
+    """Read a manifest; paths come back absolute. A malformed line (a caption with control
+    characters included) raises ValueError naming the file, the line and the field, and what
+    it expects."""
+    return [record for _, record in _records(Path(path))]
+
+
+def read_unique_manifest(path: str | os.PathLike) -> list[ManifestRecord]:
+    """`read_manifest` with each file once, for evaluations (a file read twice would count
+    twice in every mean): a line naming the file of an earlier line, however its path is
+    spelled, is left out, and one warning names the manifest and the lines."""
+    first: dict[str, int] = {}  # real path -> line that named it first
+    records, repeats = [], []
+    for number, record in _records(Path(path)):
+        key = os.path.realpath(record.path)
+        if key in first:
+            repeats.append(f"line {number} (= line {first[key]})")
+            continue
+        first[key] = number
+        records.append(record)
+    if repeats:
+        more = f" and {len(repeats) - 5} more" if len(repeats) > 5 else ""
+        warnings.warn(
+            f"{path}: {len(repeats)} line(s) name a file an earlier line names and are left "
+            f"out, so that each file counts once: {', '.join(repeats[:5])}{more}",
+            stacklevel=2,
         )
     return records

@@ -11,6 +11,9 @@
 
 `evaluate_vae` also writes a side-by-side original | reconstruction GIF and a PNG strip of
 frames (originals on top, reconstructions below) for the first clips.
+
+Each file of the manifest is evaluated once: a line that names a file an earlier line names is
+left out with a warning (`read_unique_manifest`), so no clip counts twice in the means.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 
 from kinetoscope.checkpoint import save_json
 from kinetoscope.data.dataset import ClipDataset
+from kinetoscope.data.manifest import read_unique_manifest
 from kinetoscope.io import to_uint8, write_image, write_video
 from kinetoscope.vae import VideoVAE
 from kinetoscope.vae.losses import psnr
@@ -108,7 +112,8 @@ def evaluate_vae(
     examples: int = 2,
     progress: bool = False,
 ) -> dict:
-    """Reconstruct the clips of manifest `data` (the first `limit`) and measure quality.
+    """Reconstruct the clips of manifest `data` (the first `limit`, each file once) and measure
+    quality.
 
     Clips are read at native size under `max_area` and `max_frames` (from their first frame)
     and coded through the posterior mean. With `out`, writes `report.json` and, for the first
@@ -118,7 +123,11 @@ def evaluate_vae(
     """
     vae.eval()
     dataset = ClipDataset(
-        data, max_area=max_area, max_frames=max_frames, temporal_crop="start", seed=0
+        read_unique_manifest(data),  # each file once, so none counts twice in the means
+        max_area=max_area,
+        max_frames=max_frames,
+        temporal_crop="start",
+        seed=0,
     )
     count = len(dataset) if limit is None else min(limit, len(dataset))
     if count < 1:

@@ -8,6 +8,11 @@ that `write_video` produces). Pass `seek=False` to count every frame from the fi
 Images (png, jpg, webp, bmp) are read with Pillow and are videos of one frame, with EXIF
 orientation applied. Videos are read with PyAV; a rotation the file asks for (phone videos) is
 applied, as players do, and `probe` reports the size as displayed.
+
+`probe` refuses what `read_video` would refuse, so a manifest made from probes holds only files
+training can read: frames above Pillow's decompression-bomb limit (`max_pixels`, about
+9459 x 9459), and a video whose header claims more frames than the file holds (a truncated
+download or copy, whose missing frames fail to read).
 """
 
 from __future__ import annotations
@@ -74,6 +79,23 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def max_pixels() -> int | None:
+    """The largest frame (width x height) read: Pillow's decompression-bomb limit, read at call
+    time so that raising `PIL.Image.MAX_IMAGE_PIXELS` raises it here too (None: no limit)."""
+    return Image.MAX_IMAGE_PIXELS
+
+
+def _check_pixels(path: Path, width: int, height: int) -> None:
+    """VideoReadError for a frame larger than `max_pixels()`, before it is decoded."""
+    limit = max_pixels()
+    if limit is not None and width * height > limit:
+        raise VideoReadError(
+            path,
+            f"its {width}x{height} frames ({width * height:,} pixels) exceed the {limit:,} "
+            "pixels a frame may have (a decompression bomb?); downscale it first",
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Images
 
@@ -87,6 +109,7 @@ def _open_image(path: Path) -> Image.Image:
 
 def _probe_image(path: Path) -> VideoInfo:
     with _open_image(path) as image:
+        _check_pixels(path, *image.size)  # before load() decodes every pixel
         try:
             width, height = image.size
             codec = (image.format or path.suffix.lstrip(".")).lower()
@@ -102,6 +125,7 @@ def _probe_image(path: Path) -> VideoInfo:
 
 def _read_image(path: Path) -> np.ndarray:
     with _open_image(path) as image:
+        _check_pixels(path, *image.size)
         try:
             image = ImageOps.exif_transpose(image)  # camera orientation, as viewers show it
             if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
@@ -168,12 +192,12 @@ def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
 @dataclass
 class _Scan:
     first: av.VideoFrame
-    packets: int  # non-empty packets seen (all of them when counting)
-    span: Fraction | None  # seconds from the first packet to the end of the last one seen
+    packets: int  # non-empty packets in the file
+    span: Fraction | None  # seconds from the first packet to the end of the last one
 
 
-def _scan(stream: av.VideoStream, container, path: Path, count: bool) -> _Scan:
-    """Decode the first frame; when `count`, demux (never decode) every packet to count them."""
+def _scan(stream: av.VideoStream, container, path: Path) -> _Scan:
+    """Decode the first frame and demux (never decode) every packet to count them."""
     stream.codec_context.thread_count = 1  # no frame-thread delay: one packet in, one frame out
     first = None
     packets = 0
@@ -189,8 +213,6 @@ def _scan(stream: av.VideoStream, container, path: Path, count: bool) -> _Scan:
                 begin = packet.pts if begin is None else min(begin, packet.pts)
                 stop = packet.pts + (packet.duration or 0)
                 end = stop if end is None else max(end, stop)
-        if first is not None and not count:
-            break
     if first is None:
         raise VideoReadError(path, "no video frame decodes")
     span = None
@@ -202,17 +224,24 @@ def _scan(stream: av.VideoStream, container, path: Path, count: bool) -> _Scan:
 def _probe_video(path: Path) -> VideoInfo:
     with _open_container(path) as container:
         stream = _video_stream(container, path)
+        _check_pixels(path, stream.codec_context.width, stream.codec_context.height)
         codec = stream.codec_context.name
         try:
-            scan = _scan(stream, container, path, count=not stream.frames)
+            scan = _scan(stream, container, path)
         except av.FFmpegError as e:
             raise VideoReadError(path, f"its {codec} video does not decode ({e})") from e
+        if stream.frames and scan.packets < stream.frames:
+            raise VideoReadError(
+                path,
+                f"its header claims {stream.frames} frames but the file holds {scan.packets}: "
+                "it is truncated (an interrupted download or copy?); copy it again",
+            )
         frames = stream.frames or scan.packets
         if frames <= 0:
             raise VideoReadError(path, "its video stream has no frames")
         if stream.duration and stream.time_base:
             duration = float(stream.duration * stream.time_base)
-        elif scan.span and not stream.frames:  # demuxed everything: the span is the duration
+        elif scan.span and not stream.frames:  # no stored count: the packets span the duration
             duration = float(scan.span)
         elif container.duration:
             duration = container.duration / av.time_base
@@ -241,9 +270,10 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     """Metadata of a video or image file, checked by decoding its first frame.
 
     The frame count comes from the container when it stores one (mp4, mov, avi), otherwise from
-    counting packets while demuxing, which reads the file but decodes nothing (mkv, webm, gif).
-    Raises `VideoReadError` for a missing, empty, non-media, undecodable or frameless file, or
-    one without a video stream.
+    counting packets. Every packet of a video is demuxed (the file is read, nothing past the
+    first frame is decoded), so a file that holds fewer frames than its header claims is caught.
+    Raises `VideoReadError` for a missing, empty, non-media, undecodable, truncated or frameless
+    file, one without a video stream, or one whose frames are larger than `max_pixels()`.
     """
     path = _existing_file(path)
     return _probe_image(path) if _is_image(path) else _probe_video(path)
@@ -322,6 +352,7 @@ def _read_video_frames(
 ) -> list[np.ndarray]:
     with _open_container(path) as container:
         stream = _video_stream(container, path)
+        _check_pixels(path, stream.codec_context.width, stream.codec_context.height)
         rate = _stream_rate(stream)
         ratio = None
         if fps is not None:
