@@ -279,6 +279,104 @@ def test_train_refuses_a_read_only_folder(tiny_world, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
+# Saved configs: a hand-edited value is named with its file and field on --resume
+
+
+def _edit_json(path: Path, change: dict | str, key: str | None = None) -> None:
+    """Apply `change` to the JSON object in `path` (under `key` if given); a string replaces
+    the whole file."""
+    if isinstance(change, str):
+        path.write_text(change)
+        return
+    document = json.loads(path.read_text())
+    (document[key] if key else document).update(change)
+    path.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        ({"depth": "2"}, ["'depth'", "a whole number", '"2"']),
+        ({"patch": [1, 2]}, ["'patch'", "a list of 3 whole numbers"]),
+        ({"mlp": "relu"}, ["'mlp'", '"relu"']),
+        ({"num_heads": 5}, ["num_heads 5"]),
+        ({"mlp_ratio": float("nan")}, ["'mlp_ratio'", "NaN"]),
+    ],
+)
+def test_resume_names_a_bad_value_in_the_saved_model_config(
+    change, names, tiny_run, tiny_world, tmp_path, capsys
+):
+    manifest, vae = tiny_world
+    run = _copy(tiny_run, tmp_path / "run")
+    config = run / "checkpoint" / "model" / "config.json"
+    _edit_json(config, change, "config")
+    before = snapshot(run)
+    fails(capsys, _train(manifest, run, vae, "--resume"), config, *names)
+    assert snapshot(run) == before
+
+
+@pytest.fixture(scope="session")
+def vae_run(tiny_world, tmp_path_factory) -> Path:
+    """A tiny VAE run stopped after its first step, to resume."""
+    from kinetoscope.train.vae import train_vae
+
+    out = tmp_path_factory.mktemp("hostile-vae") / "run"
+    train_vae(tiny_world[0], out, preset="tiny", steps=2, stop_at=1, batch=1, max_frames=5,
+              holdout=1, eval_every=1, precision="fp32", progress=False)  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize(
+    ("file", "change", "names"),
+    [
+        ("config.json", {"latent_channels": "4"}, ["'latent_channels'", '"4"']),
+        ("config.json", {"temporal_down": [1, 0]}, ["'temporal_down'", "true/false"]),
+        ("train_state/state.json", {"step": "one"}, ["'step'", "whole number", '"one"']),
+        ("train_state/state.json", {"seconds": -5}, ["'seconds'", "-5"]),
+        ("train_state/state.json", {"optimizer": [1]}, ["'optimizer'", "JSON object"]),
+        ("train_state/state.json", '{"step": 1', ["not JSON"]),
+    ],
+)
+def test_train_vae_resume_names_a_bad_saved_value(
+    file, change, names, vae_run, tiny_world, tmp_path, capsys
+):
+    run = _copy(vae_run, tmp_path / "run")
+    _edit_json(run / file, change, "config" if file == "config.json" else None)
+    before = snapshot(run)
+    fails(capsys, ["train-vae", "--data", tiny_world[0], "--out", run, "--steps", "2", "--resume",
+                   "--preset", "tiny", "--batch", "1", "--max-frames", "5", "--holdout", "1",
+                   "--eval-every", "1", "--precision", "fp32", "--threads", "1"],
+          run / file, *names)  # fmt: skip
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        ({"threads": -1}, ["threads", "-1"]),
+        ({"device": "tpu"}, ["'config.device'", '"tpu"']),
+        ({"device": 0}, ["'config.device'", "0"]),
+        ({"max_area": "65536"}, ["'config.max_area'", '"65536"']),
+        ({"betas": [0.9]}, ["'config.betas'", "a list of 2 finite numbers"]),
+        ({"precision": "fp8"}, ["precision", "fp8"]),
+    ],
+)
+def test_a_saved_dit_train_config_is_checked(change, names, tiny_run, tmp_path):
+    from kinetoscope.train.dit import DiTTrainConfig
+    from kinetoscope.train.run import read_run_state
+
+    saved = tiny_run / "checkpoint" / "train_state" / "state.json"
+    assert read_run_state(saved, DiTTrainConfig)["step"] == 2  # as saved, it reads
+    state = tmp_path / "state.json"
+    shutil.copy(saved, state)
+    _edit_json(state, change, "config")
+    with pytest.raises(ValueError) as error:
+        read_run_state(state, DiTTrainConfig)
+    for name in [state, *names]:
+        assert str(name) in str(error.value), (name, str(error.value))
+
+
+# ---------------------------------------------------------------------------------------------
 # Manifests: every bad value names the file, the line and the field, in any encoding
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import struct
 import types
@@ -163,39 +164,111 @@ def load_meta(folder: str | os.PathLike) -> dict:
     return dict(_read_config(Path(folder)).get("meta") or {})
 
 
-def _from_json(tp: Any, value: Any) -> Any:
-    """Turn a JSON value back into the type a dataclass field declares (tuples, dataclasses)."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-        return _build(tp, value, where=tp.__name__)
-    if origin is tuple and isinstance(value, list):
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_from_json(args[0], v) for v in value)
-        if args and len(args) == len(value):
-            return tuple(_from_json(a, v) for a, v in zip(args, value, strict=True))
-        return tuple(value)
+# What a JSON value of each plain type is called in an error message (one, many).
+_NAMES = {
+    int: ("a whole number", "whole numbers"),
+    float: ("a finite number", "finite numbers"),
+    bool: ("true or false", "true/false values"),
+    str: ("a string", "strings"),
+    type(None): ("null", "nulls"),
+}
+
+
+def _describe(tp: Any, plural: bool = False) -> str:
+    """The JSON values a field of type `tp` takes, in words ("a list of 3 whole numbers")."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if arg is not type(None) and value is not None:
-                return _from_json(arg, value)
+        return " or ".join(_describe(arg, plural) for arg in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(json.dumps(arg) for arg in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0], plural=True)}"
+        if len(set(args)) == 1:
+            return f"a list of {len(args)} {_describe(args[0], plural=True)}"
+        return f"a list of {len(args)} values ({', '.join(map(_describe, args))})"
+    if dataclasses.is_dataclass(tp):
+        return f"an object of {tp.__name__} fields"
+    return _NAMES[tp][plural] if tp in _NAMES else getattr(tp, "__name__", str(tp))
+
+
+def _fits(tp: Any, value: Any) -> bool:
+    """Whether the JSON `value` is of the declared type `tp` (a type this does not know, such
+    as `Any` or `dict`, is left to the config's own checks)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(arg, value) for arg in args)
+    if origin is typing.Literal:
+        return any(type(value) is type(arg) and value == arg for arg in args)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(args[0], v) for v in value)
+        return len(value) == len(args) and all(map(_fits, args, value))
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, dict)
+    checks = {
+        int: lambda: number and isinstance(value, int),
+        float: lambda: number and math.isfinite(value),
+        bool: lambda: isinstance(value, bool),
+        str: lambda: isinstance(value, str),
+        type(None): lambda: value is None,
+    }
+    return checks[tp]() if tp in checks else True
+
+
+def _from_json(tp: Any, value: Any, where: str, name: str) -> Any:
+    """The JSON `value` of field `name` as its declared type `tp` (tuples, nested
+    dataclasses); ValueError naming the file (`where`) and the field when it is not one."""
+    if not _fits(tp, value):
+        raise ValueError(
+            f"{where}: field {name!r} must be {_describe(tp)}, got {json.dumps(value)}"
+        )
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        fitting = next(arg for arg in args if _fits(arg, value))
+        return _from_json(fitting, value, where, name)
+    if dataclasses.is_dataclass(tp):
+        return build_config(tp, value, where, prefix=f"{name}.")
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],) * len(value)
+        items = enumerate(zip(args, value, strict=True))
+        return tuple(_from_json(a, v, where, f"{name}[{i}]") for i, (a, v) in items)
     return value
 
 
-def _build(cls: type[C], values: dict, where: str) -> C:
+def build_config(cls: type[C], values: Any, where: str, prefix: str = "") -> C:
+    """A `cls` dataclass from the JSON object `values` read from `where` (a file), every field
+    checked against its declared type and then by the class's own checks; ValueError naming
+    `where` and the field (under `prefix` for a nested config) for a value that does not fit."""
+    if not isinstance(values, dict):
+        what = f"field {prefix[:-1]!r}" if prefix else "the config"
+        raise ValueError(f"{where}: {what} must be a JSON object, got {json.dumps(values)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(
-            f"{where}: unknown field(s) {', '.join(unknown)} for {cls.__name__}; the checkpoint "
-            f"was written by another version of the code (known: {', '.join(fields)})"
+            f"{where}: unknown field(s) {', '.join(prefix + name for name in unknown)} for "
+            f"{cls.__name__}; the checkpoint was written by another version of the code "
+            f"(known: {', '.join(fields)})"
         )
     hints = typing.get_type_hints(cls)
-    return cls(**{k: _from_json(hints.get(k, Any), v) for k, v in values.items()})
+    typed = {
+        key: _from_json(hints.get(key, Any), value, where, prefix + key)
+        for key, value in values.items()
+    }
+    try:
+        return cls(**typed)
+    except (ValueError, TypeError) as error:  # the class's own checks, or a missing field
+        raise ValueError(f"{where}: {error}") from None
 
 
 def load_config(folder: str | os.PathLike, cls: type[C]) -> C:
-    """The dataclass config stored in `folder`, checked against `cls`."""
+    """The dataclass config stored in `folder`, checked against `cls`: a hand-edited value of
+    the wrong type, or one the class refuses, is a ValueError naming the file and the field."""
     folder = Path(folder)
     document = _read_config(folder)
     kind = document.get("kind")
@@ -206,7 +279,7 @@ def load_config(folder: str | os.PathLike, cls: type[C]) -> C:
         raise ValueError(
             f"{folder} was written by a newer format (version {version}); upgrade kinetoscope"
         )
-    return _build(cls, document["config"], where=str(folder / CONFIG))
+    return build_config(cls, document["config"], str(folder / CONFIG))
 
 
 def load_weights(folder: str | os.PathLike, model: nn.Module) -> dict[str, Tensor]:

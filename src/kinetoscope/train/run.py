@@ -4,6 +4,8 @@
   resumed one must be a run; checked before any work.
 - `data_digest`: a digest of a manifest's bytes, stored in a run's state so that resuming on
   other data is refused.
+- `read_run_state`: a checkpoint's loop state (`state.json`), checked before a run resumes
+  from it, so a hand-edited or damaged one is an error naming the file and the field.
 - `StopSignals`: SIGINT and SIGTERM during the loop ask it to stop at the end of the current
   step; the trainer then saves a checkpoint and raises `Interrupted`. A second signal stops at
   once (checkpoints are swapped in atomically, so even that loses no saved state).
@@ -16,6 +18,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -28,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from kinetoscope.checkpoint import build_config
 from kinetoscope.io import check_output_folder
 from kinetoscope.pipeline import resolve_device
 
@@ -101,6 +105,71 @@ def data_digest(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:32]
+
+
+# Counters of a trainer's loop state (state.json), where present: whole numbers >= 0.
+STATE_COUNTS = ("step", "nonfinite_steps", "skipped", "frames", "tokens")
+
+
+def _state_problem(state: dict) -> tuple[str, str] | None:
+    """(field, what it must be) of the first loop-state entry of the wrong type, or None."""
+    for key in STATE_COUNTS:
+        value = state.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return key, "a whole number of at least 0"
+    seconds = state.get("seconds", 0.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
+        return "seconds", "a number of at least 0"
+    if not isinstance(state.get("optimizer"), dict):
+        return "optimizer", "a JSON object (the optimizer's state)"
+    if not isinstance(state.get("sampler"), dict | None):
+        return "sampler", "a JSON object or null"
+    if not isinstance(state.get("history", []), list):
+        return "history", "a list"
+    return None
+
+
+def _check_device_name(name: object, where: str) -> None:
+    """ValueError unless `name` is a device kinetoscope runs on (cpu, cuda, cuda:N): only its
+    form, since a resumed run may move to another machine."""
+    try:
+        ok = name is None or torch.device(name).type in ("cpu", "cuda")
+    except (RuntimeError, TypeError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{where}: field 'config.device' must be null, cpu, cuda or cuda:N, "
+            f"got {json.dumps(name)}"
+        )
+
+
+def read_run_state(path: str | os.PathLike, config: type | None = None) -> dict:
+    """The loop state a trainer saved in a checkpoint (`state.json`), checked before a run
+    resumes from it. A file that is not a JSON object, a counter such as `step` that is not a
+    whole number >= 0, or, with `config` (the trainer's config class), a `config` entry that
+    does not build one (a string where a number belongs, `threads: -1`, an unknown device) is
+    a ValueError naming the file and the field."""
+    path = Path(path)
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        why = error.strerror if isinstance(error, OSError) else f"not JSON text ({error})"
+        raise ValueError(
+            f"{path} cannot be read: {why}; the checkpoint is damaged (start a new --out, or "
+            "--overwrite this one)"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {json.dumps(state)[:60]}")
+    problem = _state_problem(state)
+    if problem is not None:
+        key, expected = problem
+        raise ValueError(
+            f"{path}: field {key!r} must be {expected}, got {json.dumps(state.get(key))}"
+        )
+    if config is not None and "config" in state:
+        built = build_config(config, state["config"], str(path), prefix="config.")
+        _check_device_name(getattr(built, "device", None), str(path))
+    return state
 
 
 class StopSignals:

@@ -30,7 +30,6 @@ row raise `Diverged` with the last checkpoint kept as it was.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -62,6 +61,7 @@ from kinetoscope.train.run import (
     clear_run,
     data_digest,
     prepare_run_folder,
+    read_run_state,
 )
 from kinetoscope.vae import VAE_PRESETS, VAEConfig, VideoVAE, compute_latent_stats, load_vae
 from kinetoscope.vae.losses import VAELossConfig, psnr, vae_loss
@@ -226,7 +226,7 @@ def train_vae(
         vae.train()
         optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
         if resuming:
-            saved = json.loads((out / STATE / "state.json").read_text())
+            saved = read_run_state(out / STATE / "state.json")
             tensors = load_tensors(out / STATE / "optimizer.safetensors")
             for name, generator in generators.items():
                 generator.set_state(tensors.pop(f"generator.{name}"))
