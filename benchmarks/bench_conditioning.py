@@ -27,6 +27,7 @@ ground-truth continuation. Then, with the model (`--model`, default the bundled 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import subprocess
@@ -164,7 +165,7 @@ def main() -> None:
     options = {"steps": args.steps, "progress": False}
     chosen = scenes(args.scenes + 1)
     start = time.perf_counter()
-    rows = [run_scene(pipe, a, b, options) for a, b in zip(chosen, chosen[1:])]
+    rows = [run_scene(pipe, a, b, options) for a, b in itertools.pairwise(chosen)]
     seconds = time.perf_counter() - start
 
     def mean(key: str) -> float:
