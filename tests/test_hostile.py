@@ -521,6 +521,8 @@ def test_index_refuses_to_write_over_its_inputs(media_folder, tmp_path, capsys):
         ),
         ("c.csv", 'path,caption\na.mkv,"clear\x1b[2J"\n', [":2", "'caption'", "U+001B"]),
         ("c.csv", 'path,caption\na.mkv,"over\rwrite"\n', [":2", "'caption'", "U+000D"]),
+        ("c.csv", "path,caption\na.mkv,over\rwrite\n", [":2", "not valid CSV", "double quotes"]),
+        ("c.csv", "path,caption\na.mkv," + "x" * 200_000 + "\n", [":2", "field limit"]),
     ],
 )
 def test_index_names_the_line_of_a_bad_captions_file(

@@ -102,6 +102,29 @@ def _read_text(path: Path) -> str:
     return path.read_text(encoding="utf-8-sig")
 
 
+def _csv_pairs(path: Path) -> list[tuple[str, str, str]]:
+    """(file:line, path, caption) of each row of a CSV captions file with a `path,caption`
+    header; ValueError naming the line for a file the csv module cannot parse."""
+    # The csv module handles quoted fields, so captions may contain commas and newlines.
+    # Fed line by line, its line_num counts the file's lines (a \r in a field is no line).
+    reader = csv.DictReader(line + "\n" for _, line in read_text_lines(path))
+    pairs = []
+    try:
+        fields = [name.strip() for name in reader.fieldnames or []]
+        if "path" not in fields or "caption" not in fields:
+            raise ValueError(
+                f"{path}:1: the first line must be the header `path,caption` (found {fields})"
+            )
+        reader.fieldnames = fields
+        for row in reader:
+            pairs.append((f"{path}:{reader.line_num}", row["path"] or "", row["caption"] or ""))
+    except csv.Error as error:
+        why = str(error).split(" - ")[0]  # without its hint about opening files
+        hint = "; put a caption with a line break in double quotes" if "new-line" in why else ""
+        raise ValueError(f"{path}:{reader.reader.line_num}: not valid CSV ({why}){hint}") from None
+    return pairs
+
+
 def read_captions(path: Path, folder: Path) -> dict[Path, str]:
     """Captions of a CSV (`path,caption` header) or JSONL file, keyed by resolved media path.
 
@@ -111,20 +134,9 @@ def read_captions(path: Path, folder: Path) -> dict[Path, str]:
     if not path.is_file():
         raise ValueError(f"captions file {path} does not exist; pass a CSV or JSONL of captions")
     suffix = path.suffix.lower()
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[str, str, str]] = []
     if suffix == ".csv":
-        # The csv module handles quoted fields, so captions may contain commas and newlines.
-        # Fed line by line, its line_num counts the file's lines (a \r in a field is no line).
-        reader = csv.DictReader(line + "\n" for _, line in read_text_lines(path))
-        fields = [name.strip() for name in reader.fieldnames or []]
-        if "path" not in fields or "caption" not in fields:
-            raise ValueError(
-                f"{path}:1: the first line must be the header `path,caption` (found {fields})"
-            )
-        reader.fieldnames = fields
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            pairs.append((where, row["path"] or "", row["caption"] or ""))
+        pairs = _csv_pairs(path)
     elif suffix in (".jsonl", ".json"):
         for number, data in read_jsonl(path):
             if not isinstance(data, dict) or "path" not in data or "caption" not in data:
