@@ -108,6 +108,7 @@ from kinetoscope.train.run import (
     clear_run,
     data_digest,
     prepare_run_folder,
+    read_run_state,
     setup_distributed,
 )
 from kinetoscope.vae import VideoVAE, load_vae
@@ -560,8 +561,8 @@ def _train(
     data_sha = data_digest(data)
     saved_state: dict | None = None
     if checkpoint is not None:
-        saved_state = json.loads((checkpoint / STATE / "state.json").read_text())
-        saved = saved_state["config"]
+        saved_state = read_run_state(checkpoint / STATE / "state.json", DiTTrainConfig)
+        saved = {**asdict(DiTTrainConfig()), **saved_state["config"]}  # older runs lack new fields
         changed = [k for k in RESUME_FIELDS if saved[k] != asdict(config)[k]]
         if changed:
             raise ValueError(
