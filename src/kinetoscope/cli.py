@@ -328,6 +328,36 @@ def _eval_vae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import torch
+
+    try:
+        from kinetoscope.web.app import serve
+    except ImportError as error:
+        raise ValueError(
+            f"the demo needs the 'demo' extra ({error.name} is missing): pip install -e '.[demo]'"
+        ) from None
+    from kinetoscope.pipeline import Pipeline, resolve_device
+    from kinetoscope.web.demo import Demo, Limits
+
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be from 1 to 65535, got {args.port}")
+    if args.concurrency < 1:
+        raise ValueError(f"--concurrency must be at least 1, got {args.concurrency}")
+    limits = Limits(args.max_side, args.max_frames, args.max_steps)
+    if min(limits.max_side, limits.max_frames, limits.max_steps) < 1:
+        raise ValueError("--max-side, --max-frames and --max-steps must be positive")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = Pipeline.load(args.model, device=resolve_device(args.device))
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="kinetoscope-demo-"))
+    print(f"results go to {out}")
+    serve(Demo(pipe, out, limits), args.host, args.port, args.concurrency)
+    return 0
+
+
 def _eval_sensitivity(args: argparse.Namespace) -> int:
     import json
 
@@ -749,6 +779,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=_positive_int, help="torch CPU threads (default: torch's)"
     )
     generate.set_defaults(run=_generate)
+
+    demo = sub.add_parser(
+        "demo",
+        help="a web app (Gradio) for every generation mode, in your browser",
+        description="Serve a web page for text to video, animating an image, extending, "
+        "connecting and editing videos, loops, long videos and storyboards, with the bundled "
+        "world model or --model. It binds to this machine only unless --host says otherwise, "
+        "runs one job at a time (--concurrency), refuses requests beyond the limits, and stops "
+        "on Ctrl-C. Needs the 'demo' extra: pip install -e '.[demo]'.",
+        formatter_class=_DefaultsHelp,
+    )
+    demo.add_argument("--model", help="model or run folder (default: the bundled world model)")
+    demo.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)"
+    )
+    demo.add_argument("--port", type=int, default=7860, help="port to serve on")
+    demo.add_argument("--concurrency", type=int, default=1, help="jobs run at the same time")
+    demo.add_argument("--max-side", type=int, default=256, help="largest width or height (px)")
+    demo.add_argument("--max-frames", type=int, default=257, help="most frames of a result")
+    demo.add_argument("--max-steps", type=int, default=100, help="most sampler steps")
+    demo.add_argument("--out", help="folder for the results (default: a new temporary one)")
+    demo.add_argument("--device", help="cpu, cuda or cuda:N (default: the GPU if any)")
+    demo.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    demo.set_defaults(run=_demo)
 
     evaluate = sub.add_parser(
         "eval",
