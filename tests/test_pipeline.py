@@ -322,3 +322,18 @@ def test_cli_generate_never_replaces_an_existing_output_unless_asked(run, tmp_pa
     assert out.read_bytes() == b"a video the user made"  # untouched
     assert main([*argv, "--overwrite"]) == 0
     assert probe(out).frames == 5
+
+
+def test_a_model_whose_outputs_are_not_finite_is_an_error_not_a_video(monkeypatch, capsys):
+    from kinetoscope.cli import _expected
+
+    torch.manual_seed(0)
+    dit = DiT(DIT_PRESETS["tiny"])
+    with torch.no_grad():  # finite weights whose products overflow float32
+        for p in dit.parameters():
+            p.fill_(1e30)
+    pipe = Pipeline(dit, VideoVAE(VAE_PRESETS["tiny"]), TinyTextEncoder(), precision="fp32")
+    with pytest.raises(FloatingPointError, match="not finite") as error:
+        pipe.generate("x", width=32, height=32, frames=1, **FAST)
+    message, code = _expected(error.value)
+    assert code == 1 and "NaN or infinity" in message

@@ -918,6 +918,8 @@ def _expected(error: BaseException) -> tuple[str, int] | None:
             "or use a device with more memory",
             1,
         )
+    if isinstance(error, FloatingPointError):  # a model whose outputs are not finite
+        return str(error), 1
     if isinstance(error, ValueError | VideoReadError):
         return str(error), 2 if isinstance(error, ValueError) else 1
     if isinstance(error, OSError):

@@ -67,7 +67,7 @@ from kinetoscope.diffusion import (
 from kinetoscope.dit import DiT, DiTConfig
 from kinetoscope.io import to_float, to_uint8
 from kinetoscope.nn import resolve_precision
-from kinetoscope.patches import PackedBatch, block_attention_mask, pack, patch_grid, unpack
+from kinetoscope.patches import PackedBatch, pack, patch_grid, unpack
 from kinetoscope.text import TextEncoder, concat_text, load_text_encoder
 from kinetoscope.vae import BUNDLED, VideoVAE, load_vae
 
@@ -490,12 +490,11 @@ class Pipeline:
             embeddings, mask = concat_text([text, negative])  # (2B, S', Dtxt), (2B, S')
             coords = torch.cat([coords, coords])  # (2N, L, 4)
             index = torch.cat([index, torch.where(index >= 0, index + rows, index)])  # (2N, L)
-        attention = block_attention_mask(coords[..., 0])  # (N or 2N, L, L), built once
         bf16 = self.precision == "bf16"
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
             with torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
-                v = self.dit(x, coords, t, embeddings, mask, index, attention)  # (N, L, Din)
+                v = self.dit(x, coords, t, embeddings, mask, index)  # (N, L, Din)
             return v.float()
 
         return velocity if negative is None else guided_batched(velocity, guidance)
@@ -624,6 +623,13 @@ class Pipeline:
             init=init,
             strength=float(strength),
         )  # (N, L, Din)
+
+        if not bool(torch.isfinite(tokens[packed.valid_mask]).all()):
+            raise FloatingPointError(
+                "the model produced values that are not finite (NaN or infinity) while sampling; "
+                "its weights may be damaged, or bf16 overflowed (Pipeline precision='fp32'), or "
+                "the guidance is too high"
+            )
 
         # 5. Tokens back to one latent `c t h w` per prompt.
         latents = unpack(packed, tokens)
