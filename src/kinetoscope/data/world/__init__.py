@@ -10,6 +10,7 @@ benchmark of how well a model simulates a world.
     trajectory = simulate(scene)                # centres, velocities, events
     frames, visibility = render(scene, trajectory)
     text = captions(scene, trajectory, rng)     # {"short", "medium", "long"}
+    parse_caption(text["medium"])               # back to objects, motions, background
     write_world(Path("world"), clips=100, seed=0)
 """
 
@@ -36,6 +37,7 @@ from .palette import (
     WALLS,
     region,
 )
+from .parse import ParsedCaption, ParsedObject, parse_caption
 from .physics import Trajectory, energy, simulate
 from .render import render
 from .scene import (
@@ -63,6 +65,8 @@ __all__ = [
     "WORLD_MIXES",
     "Clip",
     "ObjectSpec",
+    "ParsedCaption",
+    "ParsedObject",
     "SceneSpec",
     "Trajectory",
     "WorldConfig",
@@ -74,6 +78,7 @@ __all__ = [
     "ground_truth",
     "make_clip",
     "mirror_scene",
+    "parse_caption",
     "parse_exclude",
     "region",
     "render",
