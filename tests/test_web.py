@@ -236,3 +236,13 @@ def test_the_page_generates_plays_animates_and_refuses_in_a_browser(
     browser.save_screenshot(str(tmp_path / "refused.png"))
     assert len(demo.history) == 2
     assert (tmp_path / "refused.png").stat().st_size > 0
+
+
+def test_expansion_shows_the_expanded_prompt(demo):
+    result = demo.run(Request(prompt="a red circle", steps=1, seed=2, frames=5, expand=True),
+                      progress=False)  # fmt: skip
+    expanded = result.summary.split("expanded prompt: ")[1]
+    assert "red circle" in expanded and "background" in expanded
+    story = demo.run(Request(mode="storyboard", storyboard="5 a red circle\n4 a blue square",
+                             steps=1, seed=2, expand=True), progress=False)  # fmt: skip
+    assert story.summary.count("expanded prompt: ") == 2

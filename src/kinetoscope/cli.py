@@ -188,6 +188,7 @@ def _generate(args: argparse.Namespace) -> int:
     sizes = [(args.width or width, args.height or height, args.frames if single else 1)]
     pipe = Pipeline.load(args.model, device=device, sizes=sizes)  # sizes checked first
     loading = time.perf_counter() - start
+    _expand_prompts(args, mode, inputs)
     result = _run_mode(pipe, mode, inputs, args)
     start = time.perf_counter()
     path = _write_output(out, result.video, args.fps)
@@ -246,6 +247,30 @@ def _generation_mode(args: argparse.Namespace) -> tuple[str, dict]:
         first, second = (load_frames(path) for path in args.connect)
         return mode, {"first": first, "second": second}
     return mode, {"frames": load_frames(getattr(args, mode))}
+
+
+def _expand_prompts(args: argparse.Namespace, mode: str, inputs: dict) -> None:
+    """With --expand (or --expand-endpoint), rewrite the prompt(s) once, before any window,
+    into the training captions' style, and print them."""
+    if not (args.expand or args.expand_endpoint):
+        return
+    from kinetoscope.text.expand import ChatExpander, PromptExpander
+
+    if args.expand_endpoint:
+        if not args.expand_model:
+            raise ValueError("--expand-endpoint needs --expand-model NAME (the served model)")
+        expander = ChatExpander(args.expand_endpoint, args.expand_model)
+    else:
+        expander = PromptExpander.load()
+    video = mode != "text" or args.frames > 1
+    if mode == "storyboard":
+        inputs["segments"] = [(expander.expand(prompt, seed=args.seed + i, video=video), count)
+                              for i, (prompt, count) in enumerate(inputs["segments"])]  # fmt: skip
+        for prompt, _ in inputs["segments"]:
+            print(f"expanded prompt: {prompt}")
+        return
+    args.prompt = expander.expand(args.prompt, seed=args.seed, video=video)
+    print(f"expanded prompt: {args.prompt}")
 
 
 def _run_mode(pipe, mode: str, inputs: dict, args: argparse.Namespace):
@@ -325,6 +350,24 @@ def _eval_vae(args: argparse.Namespace) -> int:
         )
     if args.out:
         print(f"report (every clip's scores) and examples: {args.out}")
+    return 0
+
+
+def _train_expander(args: argparse.Namespace) -> int:
+    from kinetoscope.data.manifest import read_manifest
+    from kinetoscope.io import check_output_folder
+    from kinetoscope.text.expand import PromptExpander
+
+    out = check_output_folder(args.out, "--out")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise ValueError(f"--out {out} already exists; pass --overwrite to replace it")
+    records = read_manifest(args.data)
+    captions = [text for record in records for text in record.captions.values()]
+    expander = PromptExpander.fit(captions)
+    meta = {"data": str(args.data), "records": len(records), "captions": len(captions),
+            "command": "kinetoscope train-expander --data DATA --out OUT"}  # fmt: skip
+    expander.save(out, meta=meta)
+    print(f"counted the attributes of {len(captions)} captions of {len(records)} clips: {out}")
     return 0
 
 
@@ -742,6 +785,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace --out if it exists (else refused)"
     )
     generate.add_argument("--fps", type=float, default=8.0, help="frames per second of the file")
+    generate.add_argument(
+        "--expand",
+        action="store_true",
+        help="rewrite the prompt into the detailed caption style the model trained on, filling "
+        "in what it leaves out (the bundled offline expander; prints the result)",
+    )
+    generate.add_argument(
+        "--expand-endpoint",
+        metavar="URL",
+        help="expand with an OpenAI-compatible chat server instead, e.g. "
+        "http://localhost:8000/v1 (with --expand-model)",
+    )
+    generate.add_argument("--expand-model", metavar="NAME", help="the model the server serves")
     prompting = generate.add_argument_group("image and video prompts (one mode at a time)")
     prompting.add_argument("--image", metavar="PATH", help="animate this image: it is frame 0")
     prompting.add_argument(
@@ -779,6 +835,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=_positive_int, help="torch CPU threads (default: torch's)"
     )
     generate.set_defaults(run=_generate)
+
+    expander = sub.add_parser(
+        "train-expander",
+        help="fit the offline prompt expander on a manifest's captions",
+        description="Count how often each size (per shape), motion and background appears in "
+        "the captions of a manifest: the expander fills what a user's prompt leaves out by "
+        "sampling these frequencies (`generate --expand`). Seconds.",
+        formatter_class=_DefaultsHelp,
+    )
+    expander.add_argument("--data", required=True, help="manifest.jsonl of captioned clips")
+    expander.add_argument("--out", required=True, help="folder for the expander")
+    expander.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    expander.set_defaults(run=_train_expander)
 
     demo = sub.add_parser(
         "demo",

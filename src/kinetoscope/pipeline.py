@@ -69,6 +69,7 @@ from kinetoscope.io import to_float, to_uint8
 from kinetoscope.nn import resolve_precision
 from kinetoscope.patches import PackedBatch, pack, patch_grid, unpack
 from kinetoscope.text import TextEncoder, concat_text, load_text_encoder
+from kinetoscope.text.expand import Expander, PromptExpander
 from kinetoscope.vae import BUNDLED, VideoVAE, load_vae
 
 Size = tuple[int, int, int]  # (width, height, frames) of a pixel video
@@ -308,6 +309,8 @@ class Pipeline:
         self.text = text
         self.files: ModelFiles | None = None  # set by `load`
         self.timings: dict[str, float] = {}
+        self.expander: Expander | None = None  # prompt expansion; the bundled one on first use
+        self.expanded: list[str] = []  # the prompts of the last `generate(expand=True)`
 
     @classmethod
     def load(
@@ -539,6 +542,7 @@ class Pipeline:
         given: Sequence[Given] | None = None,
         edit: np.ndarray | None = None,
         strength: float = DEFAULT_STRENGTH,
+        expand: bool = False,
     ) -> list[np.ndarray]:
         """Videos for `prompts`: a list of `T H W 3` uint8 numpy arrays, one per prompt, in order.
 
@@ -558,6 +562,10 @@ class Pipeline:
         video to extend, ...) enter as clean tokens and come back verbatim; `edit`, a video of
         the output's size (`T H W 3` uint8), is re-generated from `strength` of the way along
         the sampler (SDEdit; 0 returns it unchanged, 1 ignores it).
+
+        `expand` rewrites each prompt into the detailed caption style the model trained on
+        (`self.expander`, by default the bundled `text.expand.PromptExpander`), seeded by the
+        prompt's seed; the rewritten prompts are kept in `self.expanded`.
         """
         # 1. Check every setting and size before any work.
         prompts = _strings(prompts, "prompts")
@@ -594,8 +602,14 @@ class Pipeline:
             self.timings = {"text": 0.0, "sampling": 0.0, "decoding": 0.0}
             return [edit.copy() for _ in range(n)]
 
-        # 2. Text: the prompts, and the negatives for the unconditional branch of guidance.
+        # 2. Text: the prompts (expanded if asked), and the negatives for guidance.
         start = time.perf_counter()
+        if expand:
+            if self.expander is None:
+                self.expander = PromptExpander.load()
+            video = any(size[2] > 1 for size in sizes)
+            prompts = [self.expander.expand(p, seed=s, video=video) for p, s in zip(prompts, seeds, strict=True)]  # fmt: skip
+            self.expanded = prompts
         text, uncond = self.encode_text(prompts, negatives if guidance != 1 else None)
         self.timings = {"text": time.perf_counter() - start}
 

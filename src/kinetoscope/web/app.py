@@ -19,7 +19,7 @@ from .demo import INPUT_SIZE, MODES, SIZE_PRESETS, Demo, Request
 # Fields of `Request` in the order the handler receives them from the page.
 FIELDS = ("mode", "prompt", "negative", "size", "width", "height", "frames", "steps",
           "guidance", "seed", "sampler", "output", "image", "loop", "video", "second",
-          "direction", "strength", "storyboard")  # fmt: skip
+          "direction", "strength", "storyboard", "expand")  # fmt: skip
 HELP = {
     "text": "Text to video. Past 65 frames the video is made window by window.",
     "animate": "The image is the first frame; the prompt says how it moves.",
@@ -73,6 +73,10 @@ def build_app(demo: Demo) -> gr.Blocks:
                 storyboard = gr.Textbox(label="Storyboard", lines=4, visible=False,
                                         placeholder="33 a red circle moving right\n"
                                         "32 a red circle falling")  # fmt: skip
+                expand = gr.Checkbox(
+                    label="Expand the prompt (fill in size, motion and background as the model "
+                    "was trained)", value=False, elem_id="expand",
+                )  # fmt: skip
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
                 with gr.Accordion("Settings", open=True):
                     negative = gr.Textbox(label="Negative prompt", value="")
@@ -105,7 +109,8 @@ def build_app(demo: Demo) -> gr.Blocks:
         mode_fields = [image, loop, video, second, direction, strength, storyboard]
         mode.change(_visible, mode, [*mode_fields, hint])
         inputs = [mode, prompt, negative, size, width, height, frames, steps, guidance, seed,
-                  sampler, output, image, loop, video, second, direction, strength, storyboard]  # fmt: skip
+                  sampler, output, image, loop, video, second, direction, strength, storyboard,
+                  expand]  # fmt: skip
 
         def generate(*values, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (gradio's way)
             fields = dict(zip(FIELDS, values, strict=True))

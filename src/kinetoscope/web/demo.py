@@ -26,6 +26,7 @@ from kinetoscope import conditioning
 from kinetoscope.conditioning import SINGLE_PASS_FRAMES, load_frames, output_size
 from kinetoscope.io import write_image, write_video
 from kinetoscope.pipeline import DEFAULT_GUIDANCE, DEFAULT_SIZE, DEFAULT_STEPS, Pipeline
+from kinetoscope.text.expand import PromptExpander
 
 MODES = {
     "text": "Text to video",
@@ -81,6 +82,7 @@ class Request:
     direction: str = "forward"  # extend
     strength: float = conditioning.DEFAULT_STRENGTH  # edit
     storyboard: str = ""  # "FRAMES PROMPT" lines
+    expand: bool = False  # rewrite the prompt(s) in the training captions' style first
 
 
 @dataclass
@@ -173,6 +175,7 @@ class Demo:
                    "negative": request.negative, "progress": progress,
                    "width": request.width, "height": request.height}  # fmt: skip
         start = time.perf_counter()
+        request, expanded = self._expanded(request)
         made = _generate(self.pipe, request, options)
         seconds = time.perf_counter() - start
         with self._lock:
@@ -188,9 +191,26 @@ class Demo:
                 f"took {seconds:.1f} s ({stages})"
             )
             summary += "".join(f"; {note}" for note in made.notes)
+            summary += "".join(f"\n\nexpanded prompt: {text}" for text in expanded)
             result = Result(path, playable, request.seed, summary, _settings(request))
             self.history.append(result)
         return result
+
+    def _expanded(self, request: Request) -> tuple[Request, list[str]]:
+        """The request with its prompt(s) expanded when asked (the pipeline's expander), and
+        the expanded prompts."""
+        if not request.expand:
+            return request, []
+        if self.pipe.expander is None:
+            self.pipe.expander = PromptExpander.load()
+        expand, seed = self.pipe.expander.expand, request.seed
+        if request.mode == "storyboard":
+            segments = [(expand(p, seed=seed + i), n)
+                        for i, (p, n) in enumerate(_storyboard(request.storyboard))]  # fmt: skip
+            text = "\n".join(f"{n} {p}" for p, n in segments)
+            return replace(request, storyboard=text), [p for p, _ in segments]
+        prompt = expand(request.prompt, seed=seed, video=self._total_frames(request) > 1)
+        return replace(request, prompt=prompt), [prompt]
 
     def gallery(self) -> list[tuple[str, str]]:
         """(thumbnail, caption) of every result so far, newest first."""

@@ -116,14 +116,27 @@ def _short(scene: SceneSpec, rng: np.random.Generator) -> str:
 
 
 def _medium(scene: SceneSpec, events, rng: np.random.Generator) -> str:
-    image = scene.frames == 1
+    objects = [(o.color, o.shape, o.size, o.motion) for o in scene.objects]
+    bounces = ["floor" in walls for walls, _ in events]
+    return medium_caption(objects, scene.background, rng, video=scene.frames > 1, floor=bounces)
+
+
+def medium_caption(
+    objects: list[tuple[str, str, str, str]],
+    background: str,
+    rng: np.random.Generator,
+    video: bool = True,
+    floor: list[bool] | None = None,
+) -> str:
+    """The medium caption of (color, shape, size, motion) objects on a background, phrasings
+    drawn with `rng`; `floor[i]` says object i bounces on the floor (a fall's wording)."""
     clauses = []
-    for obj, (walls, _) in zip(scene.objects, events, strict=True):
-        clause = f"a {obj.size} {obj.color} {obj.shape}"
-        if not image:
-            clause += " " + _motion(rng, obj.motion, "floor" in walls)
+    for i, (color, shape, size, motion) in enumerate(objects):
+        clause = f"a {size} {color} {shape}"
+        if video:
+            clause += " " + _motion(rng, motion, bool(floor and floor[i]))
         clauses.append(clause)
-    if image:
+    if not video:
         templates = ("{c} on a {bg} background", "{c} against a {bg} background")
         templates += ("a {bg} background with {c}",)
     elif len(clauses) == 1:
@@ -132,7 +145,7 @@ def _medium(scene: SceneSpec, events, rng: np.random.Generator) -> str:
     else:
         templates = ("{c} on a {bg} background", "on a {bg} background, {c}")
         templates += ("{c}; the background is {bg}",)
-    return _pick(rng, templates).format(c=_join(clauses), bg=scene.background)
+    return _pick(rng, templates).format(c=_join(clauses), bg=background)
 
 
 def _long_sentence(scene: SceneSpec, index: int, walls: list[str], partners: list[int], rng) -> str:
