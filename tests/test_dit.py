@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from kinetoscope import dit as dit_module
@@ -17,7 +18,7 @@ from kinetoscope.diffusion import (
     velocity_target,
 )
 from kinetoscope.dit import DIT_PRESETS, DiT, DiTConfig, sequence_text
-from kinetoscope.patches import pack
+from kinetoscope.patches import block_attention_mask, pack
 
 TINY = DIT_PRESETS["tiny"]  # 4 latent channels, patch (1, 2, 2): tokens of width 16
 # Ragged latents (c, t, h, w) -> 8, 6, 6 and 8 tokens; in sequences of 16 tokens they pack as
@@ -111,12 +112,19 @@ def test_flops_per_token_matches_a_flop_counter(variant):
     packed = pack(latents, token_budget=26)
     seq_len = packed.sequence_length
     text, text_mask = torch.randn(2, 5, config.text_dim), torch.ones(2, 5, dtype=torch.bool)
-    # The math backend runs attention as countable matmuls (the fused CPU kernel is not counted).
-    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
-        model(packed.tokens, packed.coords, torch.rand(1, seq_len), text, text_mask)
-    counted = counter.get_total_flops()
+    t = torch.rand(1, seq_len)
+    dense = block_attention_mask(packed.sample_index)  # (1, L, L): attention over all L keys
+    counted = []
+    for mask in (dense, None):
+        # The math backend runs attention as countable matmuls (the fused CPU kernel is not).
+        with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+            model(packed.tokens, packed.coords, t, text, text_mask, attention_mask=mask)
+        counted.append(counter.get_total_flops())
     expected = model.flops_per_token(seq_len, text_len=10) * seq_len
-    assert abs(counted - expected) <= seq_len  # integer division of the text part per token
+    assert abs(counted[0] - expected) <= seq_len  # integer division of the text part per token
+    # Packed attention skips the other sample's keys: 4 D depth (L^2 - sum L_i^2) fewer.
+    skipped = 4 * config.hidden_size * config.depth * (seq_len**2 - 18**2 - 8**2)
+    assert abs(counted[1] - (expected - skipped)) <= seq_len
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,6 +331,78 @@ def test_one_sequence_or_several_give_each_sample_the_same_velocity():
     for other in outs[1:]:
         for a, b in zip(outs[0], other, strict=True):
             _close(a, b)
+
+
+def _velocity_and_grads(model, packed, t, text, text_mask, attention_mask=None):
+    """Velocity at real tokens and the parameter gradients of a loss over real tokens."""
+    model.zero_grad()
+    out = model(packed.tokens, packed.coords, t, text, text_mask, attention_mask=attention_mask)
+    assert torch.isfinite(out).all()
+    weights = torch.randn(out.shape, generator=_gen(7))
+    (out.float() * weights * packed.valid_mask[..., None]).sum().backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+    return out[packed.valid_mask].detach(), grads
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_packed_attention_gives_the_dense_masks_velocities_and_gradients(bf16):
+    model = _random_model().train()
+    g = _gen(0)
+    packed = pack([torch.randn(*s, generator=g) for s in SHAPES], 16, num_sequences=3)
+    assert packed.sequences == [[0, 3], [1, 2], []]  # padding in a sequence, and a whole one
+    t = token_timesteps(torch.rand(len(SHAPES), generator=g), packed.sample_index)
+    _, _, text, text_mask = _batch()
+    dense = block_attention_mask(packed.sample_index)  # (N, L, L): the reference
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        ours = _velocity_and_grads(model, packed, t, text, text_mask)
+        theirs = _velocity_and_grads(model, packed, t, text, text_mask, dense)
+    if bf16:  # both round in bf16: each is as close to the fp32 velocity as the other
+        exact = _velocity_and_grads(model, packed, t, text, text_mask, dense)
+        for mine, reference, full in zip(ours, theirs, exact, strict=True):
+            error = (mine.float() - full).norm() / full.norm()
+            assert error < 0.05 and error < 2 * (reference.float() - full).norm() / full.norm()
+    else:
+        # Outputs reach ~50 with these weights; the kernels sum in different orders.
+        torch.testing.assert_close(ours[0], theirs[0], rtol=1e-5, atol=5e-5)
+        torch.testing.assert_close(ours[1], theirs[1], rtol=1e-4, atol=1e-4)
+
+
+def test_a_dit_step_allocates_no_sequence_squared_tensor():
+    # 4096 tokens of 16 samples of 256 and padding: an (L, L) tensor is 16 MiB even as bools,
+    # more than any per-token tensor of the tiny preset (its largest, (N, L, 6, D) fp32, is 6
+    # MiB). The profiler's allocation events see every buffer; the dense mask shows they can
+    # see one of (L, L).
+    model = _random_model().train()
+    latents = [torch.randn(4, 1, 32, 32, generator=_gen(i)) for i in range(15)]
+    packed = pack(latents, token_budget=4096)  # 15 x 256 tokens, then 256 of padding
+    t = torch.rand(packed.tokens.shape[:2], generator=_gen(1))
+    text, text_mask = torch.randn(15, 4, TINY.text_dim), torch.ones(15, 4, dtype=torch.bool)
+    length = packed.sequence_length
+
+    def largest_allocation(attention_mask) -> int:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            out = model(packed.tokens, packed.coords, t, text, text_mask, None, attention_mask)
+            out.square().mean().backward()
+        events = prof.profiler.kineto_results.events()
+        return max(e.nbytes() for e in events if e.name() == "[memory]")
+
+    assert largest_allocation(block_attention_mask(packed.sample_index)) >= length**2
+    assert largest_allocation(None) < length**2
+
+
+def test_a_sample_split_across_its_sequence_needs_a_dense_mask():
+    model = _random_model()
+    packed, t, text, text_mask = _batch()
+    seq, start = packed.placement[0]
+    order = torch.arange(packed.sequence_length)
+    order[[start, start + 8]] = order[[start + 8, start]]  # swap a token of samples 0 and 3
+    args = (packed.tokens[seq, order][None], packed.coords[seq, order][None], t[seq, order][None])
+    with pytest.raises(ValueError, match="sample 3 are not contiguous in sequence 0"):
+        model(*args, text, text_mask)
+    mask = block_attention_mask(args[1][..., 0])
+    with torch.no_grad():
+        out = model(*args, text, text_mask, attention_mask=mask)
+    _close(out[0], _run(model, packed, t, text, text_mask)[seq, order])
 
 
 # ---------------------------------------------------------------------------------------------

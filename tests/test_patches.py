@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from kinetoscope.patches import (
     DEFAULT_PATCH,
     TokenBudgetBatchSampler,
+    block_attention_mask,
     given_token_mask,
     grid_coords,
     item_tokens,
@@ -133,7 +134,7 @@ def test_unpack_model_output_of_another_width():
 
 def test_attention_blocks_never_cross_samples():
     packed = pack(_latents(RAGGED), token_budget=200)
-    mask = packed.attention_mask()
+    mask = block_attention_mask(packed.sample_index)
     index = packed.sample_index
     same = index[:, :, None] == index[:, None, :]
     real = (index >= 0)[:, :, None] & (index >= 0)[:, None, :]
@@ -142,11 +143,26 @@ def test_attention_blocks_never_cross_samples():
     assert mask.any(dim=-1).all()  # no empty row (would make softmax NaN)
 
 
+def test_pack_lays_each_sample_out_contiguously_then_padding():
+    # Packed attention (kinetoscope.nn.packed_attention) relies on this layout: in each
+    # sequence, every sample is one run of tokens, and padding comes only after the samples.
+    packed = pack(_latents(RAGGED), token_budget=200, num_sequences=5)
+    for seq, members in enumerate(packed.sequences):
+        ids = packed.sample_index[seq]
+        runs, counts = torch.unique_consecutive(ids, return_counts=True)
+        real = runs[runs >= 0].tolist()
+        assert real == members and len(set(real)) == len(real)
+        assert counts[: len(real)].tolist() == [packed.lengths[i] for i in members]
+        assert (ids[sum(packed.lengths[i] for i in members) :] == -1).all()
+
+
 def test_packed_attention_equals_attention_per_sample():
     latents = _latents(RAGGED, seed=1)
     packed = pack(latents, token_budget=200)
     q, k, v = (packed.tokens * s for s in (1.0, 0.5, -1.0))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=packed.attention_mask())
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=block_attention_mask(packed.sample_index)
+    )
     assert torch.isfinite(out).all()
     for i in range(packed.num_samples):
         x = packed.sample_tokens(i)[None]
@@ -164,7 +180,7 @@ def test_padding_fraction_counts_padding_slots():
     fixed = pack(_latents(RAGGED), token_budget=160, num_sequences=packed.num_sequences + 2)
     assert fixed.num_sequences == packed.num_sequences + 2
     assert fixed.padding_fraction > packed.padding_fraction
-    assert not fixed.valid_mask[-2:].any() and fixed.attention_mask()[-1].diagonal().all()
+    assert not fixed.valid_mask[-2:].any()
     with pytest.raises(ValueError, match="num_sequences"):
         pack(_latents(RAGGED), token_budget=160, num_sequences=1)
     with pytest.raises(ValueError, match="exceeds the token budget"):

@@ -21,9 +21,12 @@ Design, in the order a token meets it:
   adaLN) would cost 12 D^2 FLOPs per token per block, about 40% of a block's matmuls, as the
   timestep is per token; here that cost is paid once. Gates start at zero (adaLN-Zero), so a
   fresh model is the identity on its residual stream.
-- Self-attention with 3D RoPE over each token's (t, h, w) coords, RMS-normalised q and k
-  (stable logits in bf16; SD3, Wan) and the block-diagonal mask: a token sees only tokens of
-  its own sample.
+- Self-attention with 3D RoPE over each token's (t, h, w) coords and RMS-normalised q and k
+  (stable logits in bf16; SD3, Wan), within each sample: a token sees only tokens of its own
+  sample. The samples' segments are read from the sample column of coords once per forward
+  and `kinetoscope.nn.packed_attention` attends inside each one (varlen or flex attention on
+  a GPU, SDPA per segment on a CPU), so no (L, L) mask is built and attention costs the sum of
+  the samples' squared lengths, not L^2.
 - Cross-attention to the text of the token's own sample, gathered per sequence. The text is
   embedded, and projected to keys and values in each block, once per text token on its
   (B, S) rows; each packed sequence then gathers the rows of its own samples into R*S keys,
@@ -49,15 +52,18 @@ from torch.utils.checkpoint import checkpoint
 from kinetoscope.nn import (
     MLP,
     MLPKind,
+    PackedSegments,
     RMSNorm,
     TimestepEmbedder,
     apply_rope,
     masked_attention,
     modulate,
+    packed_attention,
+    packed_segments,
     rope_3d,
     rope_split,
 )
-from kinetoscope.patches import DEFAULT_PATCH, PackedBatch, block_attention_mask
+from kinetoscope.patches import DEFAULT_PATCH, PackedBatch
 
 
 @dataclass
@@ -142,11 +148,14 @@ class DiTConfig:
         (R*S, R text rows of S tokens, padding included; see `sequence_text`).
 
         Counts every matmul a token goes through, 2 FLOPs per multiply-add: the linear layers,
-        attention scores and weighted sums over all `seq_len` keys (a masked dense kernel
-        computes them all) and `text_len` text keys, and the text projection and text
-        keys/values of those `text_len` tokens, spread over the sequence's tokens (exact when
-        every text row passed belongs to a sample of the sequence). Norms, RoPE, softmax and
-        element-wise ops are left out.
+        attention scores and weighted sums over `seq_len` keys and `text_len` text keys, and
+        the text projection and text keys/values of those `text_len` tokens, spread over the
+        sequence's tokens (exact when every text row passed belongs to a sample of the
+        sequence). Norms, RoPE, softmax and element-wise ops are left out. Self-attention
+        computes only the keys of a token's own sample (`kinetoscope.nn.packed_attention`), so
+        the count is exact for one sample per sequence, or under a dense attention_mask; a
+        sequence of L tokens packed from samples of L_i tokens does 4 D depth (L^2 - sum L_i^2)
+        fewer FLOPs than L times this count at seq_len = L.
         """
         d, din, f, h = self.hidden_size, self.in_channels, self.frequency_dim, self.mlp_hidden
         mlp = (3 if self.mlp == "swiglu" else 2) * d * h
@@ -188,7 +197,11 @@ DIT_PRESETS: dict[str, DiTConfig] = {
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with QK-norm, 3D RoPE and a boolean mask."""
+    """Multi-head self-attention with QK-norm and 3D RoPE, within each packed sample.
+
+    `attend` is the `PackedSegments` of the forward (`packed_attention`), or a dense boolean
+    mask (N, L, L) a caller passed (`masked_attention`).
+    """
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
         super().__init__()
@@ -199,13 +212,18 @@ class SelfAttention(nn.Module):
         self.k_norm = RMSNorm(head_dim, eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, attend: PackedSegments | Tensor
+    ) -> Tensor:
         n, seq, dim = x.shape
         qkv = self.qkv(x).view(n, seq, 3, self.num_heads, -1)  # (N, L, 3, H, Dh)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (N, H, L, Dh) each
         q = apply_rope(self.q_norm(q), cos, sin)
         k = apply_rope(self.k_norm(k), cos, sin)
-        out = masked_attention(q, k, v, mask)  # (N, H, L, Dh)
+        if isinstance(attend, PackedSegments):
+            out = packed_attention(q, k, v, attend)  # (N, H, L, Dh)
+        else:
+            out = masked_attention(q, k, v, attend)  # (N, H, L, Dh)
         return self.proj(out.transpose(1, 2).reshape(n, seq, dim))  # (N, L, D)
 
 
@@ -255,7 +273,7 @@ class DiTBlock(nn.Module):
         mod: Tensor,
         cos: Tensor,
         sin: Tensor,
-        self_mask: Tensor,
+        attend: PackedSegments | Tensor,
         text: Tensor,
         text_rows: Tensor,
         cross_mask: Tensor,
@@ -263,7 +281,7 @@ class DiTBlock(nn.Module):
     ) -> Tensor:
         mod = mod + self.modulation.to(mod.dtype)  # (N, L, 6, D)
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(2)  # (N, L, D) each
-        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin, self_mask)
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin, attend)
         x = x + text_gate * self.cross_attn(self.norm2(x), text, text_rows, cross_mask)
         return x + gate2 * self.mlp(modulate(self.norm3(x), shift2, scale2))  # (N, L, D)
 
@@ -378,7 +396,7 @@ class DiT(nn.Module):
         text: Tensor,
         text_mask: Tensor,
         sample_index: Tensor,
-        attention_mask: Tensor,
+        attention_mask: Tensor | None,
     ) -> None:
         cfg = self.config
         if tokens.ndim != 3 or tokens.shape[-1] != cfg.in_channels:
@@ -395,7 +413,7 @@ class DiT(nn.Module):
             "attention_mask": (attention_mask, (n, seq, seq), ""),
         }
         for name, (value, shape, hint) in expected.items():
-            if tuple(value.shape) != shape:
+            if value is not None and tuple(value.shape) != shape:
                 raise ValueError(
                     f"{name} must be {shape} for tokens {tuple(tokens.shape)}, got "
                     f"{tuple(value.shape)}{hint}"
@@ -413,7 +431,7 @@ class DiT(nn.Module):
             raise ValueError(
                 f"text_mask must be (B, S) = {tuple(text.shape[:2])}, got {tuple(text_mask.shape)}"
             )
-        if attention_mask.dtype != torch.bool:
+        if attention_mask is not None and attention_mask.dtype != torch.bool:
             raise ValueError("attention_mask must be bool (True = may attend)")
         checked = not torch.compiler.is_compiling() and sample_index.numel() > 0
         if checked and int(sample_index.max()) >= len(text):  # a host sync; skipped compiled
@@ -436,16 +454,21 @@ class DiT(nn.Module):
 
         coords (N, L, 4) = (sample, t, h, w), padding (-1, 0, 0, 0); text (B, S, Dtxt) with
         text_mask (B, S) (True = a real text token); sample_index (N, L): the text row of each
-        token, -1 for none (default: the sample column of coords); attention_mask (N, L, L)
-        bool (default: block-diagonal from the sample column, see
-        `patches.block_attention_mask`). Every row of a given attention_mask must allow some
-        key. Outputs at padding are defined (finite) but meaningless.
+        token, -1 for none (default: the sample column of coords).
+
+        Self-attention stays within each sample of the sample column of coords, whose tokens
+        must be contiguous in their sequence (as `patches.pack` lays them out), with no (L, L)
+        mask (`kinetoscope.nn.packed_attention`). attention_mask (N, L, L) bool replaces that
+        with a dense mask (True = may attend; every row must allow some key): any pattern, at
+        L^2 memory; `patches.block_attention_mask(coords[..., 0])` gives the default's
+        velocities at every real token. Outputs at padding are defined (finite) but
+        meaningless.
         """
         if sample_index is None:
             sample_index = coords[..., 0]
-        if attention_mask is None:
-            attention_mask = block_attention_mask(coords[..., 0])  # (N, L, L)
         self._check_inputs(tokens, coords, t, text, text_mask, sample_index, attention_mask)
+        # Where each sample lies, read once for all blocks (a host sync), or the caller's mask.
+        attend = packed_segments(coords[..., 0]) if attention_mask is None else attention_mask
         cfg = self.config
         x = self.x_embedder(tokens)  # (N, L, D)
         c = self.t_embedder(t)  # (N, L, D) one timestep embedding per token
@@ -457,7 +480,7 @@ class DiT(nn.Module):
         rows, cross_mask, has_text = sequence_text(sample_index, text_mask.bool())
         text_gate = has_text.to(x.dtype)  # (N, L, 1)
         for block in self.blocks:
-            args = (x, mod, cos, sin, attention_mask, y, rows, cross_mask, text_gate)
+            args = (x, mod, cos, sin, attend, y, rows, cross_mask, text_gate)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, *args, use_reentrant=False)  # (N, L, D)
             else:
@@ -467,7 +490,7 @@ class DiT(nn.Module):
     def forward_packed(
         self, x: Tensor, t: Tensor, packed: PackedBatch, text: Tensor, text_mask: Tensor
     ) -> Tensor:
-        """`forward` with coords and masks from a `PackedBatch`; text row i is sample i.
+        """`forward` with coords and sample ids from a `PackedBatch`; text row i is sample i.
 
         x (N, L, Din) are the noisy tokens (e.g. `diffusion.interpolate(packed.tokens, ...)`),
         t (N, L) their timesteps.

@@ -11,7 +11,7 @@ Differently-sized videos are packed into sequences of `token_budget` tokens each
     packed = pack(latents, token_budget=1024, given_frames=[[0], None, ...])
     packed.tokens            # (N, L, D)  N sequences of L = token_budget tokens
     packed.coords            # (N, L, 4)  (sample, t, h, w); padding is (-1, 0, 0, 0)
-    packed.attention_mask()  # (N, L, L)  block diagonal: a token sees only its own sample
+    packed.sample_index      # (N, L)     which sample each token is; attention stays inside it
     packed.loss_mask         # (N, L)     real tokens that are not given
     unpack(packed, velocity) # list of (c, t, h, w), one per input latent, in input order
 
@@ -259,6 +259,9 @@ def block_attention_mask(sample_index: Tensor) -> Tensor:
     A token attends only to tokens of its own sample. Padding (index -1) attends only to
     padding, so no row is empty (an all-False row makes softmax attention NaN) and no real token
     ever sees padding. For `scaled_dot_product_attention` add a head axis: `mask[:, None]`.
+
+    The dense reference of the DiT's self-attention: it takes L^2 memory, so the DiT attends
+    within samples with `kinetoscope.nn.packed_attention` instead, which needs no mask.
     """
     return sample_index[:, :, None] == sample_index[:, None, :]
 
@@ -319,10 +322,6 @@ class PackedBatch:
     def padding_fraction(self) -> float:
         """Fraction of the N x L token slots that are padding."""
         return 1.0 - sum(self.lengths) / (self.num_sequences * self.sequence_length)
-
-    def attention_mask(self) -> Tensor:
-        """(N, L, L) bool block-diagonal mask; see `block_attention_mask`."""
-        return block_attention_mask(self.sample_index)
 
     def per_token(self, values: Tensor, fill: float = 0) -> Tensor:
         """Spread per-sample values (num_samples, ...) to tokens (N, L, ...); padding gets fill.
