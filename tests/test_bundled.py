@@ -10,10 +10,11 @@ from kinetoscope.cli import main
 from kinetoscope.evaluate.world import analyze, suite
 from kinetoscope.io import probe, read_video, to_float
 from kinetoscope.pipeline import Pipeline, default_model_dir
+from kinetoscope.text.expand import BUNDLED_EXPANDER
 from kinetoscope.vae import BUNDLED, load_vae
 from kinetoscope.vae.losses import psnr
 
-BUNDLED_FILES = [BUNDLED["world"], default_model_dir()]
+BUNDLED_FILES = [BUNDLED["world"], default_model_dir(), BUNDLED_EXPANDER]
 
 pytestmark = pytest.mark.usefixtures("two_threads")
 
