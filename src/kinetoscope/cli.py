@@ -353,6 +353,55 @@ def _eval_vae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_captioner(args: argparse.Namespace) -> int:
+    from kinetoscope.train.captioner import train_captioner
+
+    overrides = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "level": args.level,
+                 "holdout": args.holdout, "seed": args.seed, "threads": args.threads,
+                 "checkpoint_every": args.checkpoint_every, "width": args.width,
+                 "layers": args.layers}  # fmt: skip
+    report = train_captioner(args.data, args.out, vae=args.vae, cache=args.cache,
+                             resume=args.resume, overwrite=args.overwrite,
+                             **{k: v for k, v in overrides.items() if v is not None})  # fmt: skip
+    if "accuracy" not in report:
+        print(f"stopped at step {report['step']}; continue with --resume")
+        return 0
+    accuracy = ", ".join(f"{k} {v:.1%}" for k, v in report["accuracy"].items())
+    print(f"{report['heldout']} held-out clips: {accuracy}; "
+          f"{report['clips_per_second']:.1f} clips/s")  # fmt: skip
+    print(f"captioner: {Path(args.out) / 'captioner'}")
+    return 0
+
+
+def _caption(args: argparse.Namespace) -> int:
+    import torch
+
+    from kinetoscope.captioner import Captioner
+    from kinetoscope.captioner.run import caption_files
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    captioner = Captioner.load(args.model) if args.model else Captioner.load_bundled()
+    for path, text in caption_files(captioner, args.videos):
+        print(f"{path}: {text}")
+    return 0
+
+
+def _recaption(args: argparse.Namespace) -> int:
+    import torch
+
+    from kinetoscope.captioner import Captioner
+    from kinetoscope.captioner.run import recaption
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    captioner = Captioner.load(args.model) if args.model else Captioner.load_bundled()
+    done = recaption(captioner, args.manifest, args.out, progress=True)
+    print(f"wrote {args.out}: {done['captioned']} clips captioned now, {done['kept']} kept "
+          f"from before, {done['skipped']} unreadable")  # fmt: skip
+    return 0
+
+
 def _train_expander(args: argparse.Namespace) -> int:
     from kinetoscope.data.manifest import read_manifest
     from kinetoscope.io import check_output_folder
@@ -835,6 +884,55 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=_positive_int, help="torch CPU threads (default: torch's)"
     )
     generate.set_defaults(run=_generate)
+
+    captioner = sub.add_parser(
+        "train-captioner",
+        help="train the video captioner on world clips and their ground-truth captions",
+        description="Train a video-to-text model over the VAE's latents on a manifest's "
+        "captions (the long ones by default), then caption the held-out clips, parse the "
+        "captions back and report the accuracy of every attribute.",
+        formatter_class=_DefaultsHelp,
+    )
+    captioner.add_argument("--data", required=True, help="manifest.jsonl of world clips")
+    captioner.add_argument("--out", required=True, help="run folder")
+    captioner.add_argument("--vae", help="VAE folder (default: the bundled world VAE)")
+    captioner.add_argument("--cache", help="latent cache folder to share (e.g. a DiT run's)")
+    captioner.add_argument("--resume", action="store_true", help="continue the run in --out")
+    captioner.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    captioner.add_argument("--steps", type=_positive_int, help="training steps (default: 3000)")
+    captioner.add_argument("--batch", type=_positive_int, help="clips per step (default: 32)")
+    captioner.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3)")
+    captioner.add_argument("--level", help="caption level to learn (default: long)")
+    captioner.add_argument("--width", type=_positive_int, help="model width (default: 256)")
+    captioner.add_argument("--layers", type=_positive_int, help="layers each side (default: 3)")
+    captioner.add_argument("--holdout", type=int, help="clips held out (default: 200)")
+    captioner.add_argument("--checkpoint-every", type=_positive_int, help="(default: 500)")
+    captioner.add_argument("--seed", type=int, help="seed (default: 0)")
+    captioner.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    captioner.set_defaults(run=_train_captioner)
+
+    caption = sub.add_parser(
+        "caption", help="print a caption for each video (the trained world captioner)",
+        formatter_class=_DefaultsHelp,
+    )  # fmt: skip
+    caption.add_argument("videos", nargs="+", help="video or image files")
+    caption.add_argument("--model", help="captioner folder (default: the bundled one)")
+    caption.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    caption.set_defaults(run=_caption)
+
+    recaption = sub.add_parser(
+        "recaption",
+        help="write a new manifest whose clips also carry the captioner's caption",
+        description="Caption every clip of MANIFEST and write --out: each record keeps its "
+        "captions and gains a 'generated' one. The input is never touched; a killed job "
+        "continues where it stopped when run again with the same --out.",
+        formatter_class=_DefaultsHelp,
+    )
+    recaption.add_argument("manifest", help="manifest.jsonl to caption")
+    recaption.add_argument("--out", required=True, help="the new manifest")
+    recaption.add_argument("--model", help="captioner folder (default: the bundled one)")
+    recaption.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    recaption.set_defaults(run=_recaption)
 
     expander = sub.add_parser(
         "train-expander",

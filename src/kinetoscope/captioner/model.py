@@ -1,0 +1,193 @@
+"""The video captioner: VAE latents -> a caption, word by word.
+
+    captioner = Captioner.load(folder)
+    [text] = captioner.caption([latent])            # latent: normalised (c, t, h, w)
+
+An encoder-decoder transformer. The encoder reads the latent video as spacetime patches (as
+the DiT does), each with a fixed sinusoidal embedding of its (t, h, w) position, so clips of
+any size and length are read alike; the decoder writes the caption autoregressively over a
+word-level vocabulary (`WordTokenizer`, built from the training captions) with cross-attention
+to the encoder's states. Greedy decoding.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from kinetoscope.checkpoint import load_config, load_meta, load_weights, save_model
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+BUNDLED_CAPTIONER = Path(__file__).resolve().parents[1] / "weights" / "world-captioner"
+_TOKEN = re.compile(r"[a-z]+(?:-[a-z]+)?|[.,;:]")
+
+
+class WordTokenizer:
+    """Words and punctuation of lower-cased captions; specials first (pad is 0)."""
+
+    def __init__(self, vocab: tuple[str, ...]) -> None:
+        self.vocab = vocab
+        self.index = {word: i for i, word in enumerate(vocab)}
+
+    @classmethod
+    def fit(cls, captions: list[str]) -> WordTokenizer:
+        words = sorted({w for caption in captions for w in _TOKEN.findall(caption.lower())})
+        return cls((PAD, BOS, EOS, UNK, *words))
+
+    def encode(self, caption: str) -> list[int]:
+        """<bos> word ids <eos>."""
+        unknown = self.index[UNK]
+        ids = [self.index.get(w, unknown) for w in _TOKEN.findall(caption.lower())]
+        return [self.index[BOS], *ids, self.index[EOS]]
+
+    def decode(self, ids: list[int]) -> str:
+        words = []
+        for i in ids:
+            word = self.vocab[i]
+            if word == EOS:
+                break
+            if word not in (PAD, BOS):
+                words.append(word)
+        text = " ".join(words)
+        text = re.sub(r" ([.,;:])", r"\1", text)
+        return re.sub(r"(^|[.] )([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
+
+
+@dataclass(frozen=True)
+class CaptionerConfig:
+    """Sizes of the captioner; the vocabulary travels with it."""
+
+    vocab: tuple[str, ...] = (PAD, BOS, EOS, UNK)
+    latent_channels: int = 16  # the world VAE's
+    patch: tuple[int, int, int] = (1, 2, 2)  # the DiT's: a token covers 16x16 pixels
+    width: int = 256
+    heads: int = 4
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    max_tokens: int = 128  # long captions of three objects run to about 100 words
+    # Latent frames read: the first 17 frames show where objects start and how they move;
+    # longer clips cost tokens (and time) without changing those words.
+    max_latent_frames: int = 5
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads or (self.width // 3) < 2:
+            raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
+
+
+def spacetime_embedding(coords: Tensor, width: int) -> Tensor:
+    """Sinusoidal embeddings (..., width) of integer (t, h, w) positions (..., 3), a third of
+    the width per axis (zero-padded to `width`)."""
+    per_axis = (width // 3) // 2 * 2
+    freqs = torch.exp(
+        -math.log(10000.0) * torch.arange(per_axis // 2, device=coords.device) / (per_axis // 2)
+    )
+    angles = coords[..., None].float() * freqs  # (..., 3, per_axis/2)
+    emb = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)  # (..., 3*per_axis)
+    return nn.functional.pad(emb, (0, width - emb.shape[-1]))
+
+
+class Captioner(nn.Module):
+    """Latent video -> caption tokens (see the module docstring)."""
+
+    def __init__(self, config: CaptionerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = WordTokenizer(config.vocab)
+        self.meta: dict = {}  # what it was trained on ("vae": the VAE its latents came from)
+        d, (pt, ph, pw) = config.width, config.patch
+        self.patch_embed = nn.Linear(config.latent_channels * pt * ph * pw, d)
+        layer = dict(d_model=d, nhead=config.heads, dim_feedforward=4 * d, dropout=0.0,
+                     batch_first=True, norm_first=True)  # fmt: skip
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(**layer), config.encoder_layers, enable_nested_tensor=False
+        )
+        self.token_embed = nn.Embedding(len(config.vocab), d)
+        self.token_pos = nn.Embedding(config.max_tokens, d)
+        self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer),
+                                             config.decoder_layers)  # fmt: skip
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, len(config.vocab))
+
+    def encode(self, latents: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Encoder states (B, M, D) of latents (c, t, h, w) each, and their padding (B, M)."""
+        pt, ph, pw = self.config.patch
+        tokens, coords = [], []
+        for z in latents:
+            if z.shape[0] != self.config.latent_channels:
+                raise ValueError(
+                    f"this captioner reads {self.config.latent_channels}-channel latents, got "
+                    f"{z.shape[0]}; encode with the VAE it was trained on ({self.meta.get('vae')})"
+                )
+            z = z[:, : self.config.max_latent_frames]
+            _, t, h, w = z.shape
+            grid = rearrange(z, "c (t a) (h b) (w e) -> (t h w) (a b e c)", a=pt, b=ph, e=pw)
+            where = torch.stack(torch.meshgrid(torch.arange(t // pt), torch.arange(h // ph),
+                                               torch.arange(w // pw), indexing="ij"), -1)  # fmt: skip
+            tokens.append(grid)
+            coords.append(where.reshape(-1, 3).to(z.device))
+        longest = max(len(x) for x in tokens)
+        x = torch.stack([nn.functional.pad(g, (0, 0, 0, longest - len(g))) for g in tokens])
+        where = torch.stack([nn.functional.pad(c, (0, 0, 0, longest - len(c))) for c in coords])
+        pad = torch.stack([torch.arange(longest, device=x.device) >= len(g) for g in tokens])
+        h = self.patch_embed(x) + spacetime_embedding(where, self.config.width)  # (B, M, D)
+        return self.encoder(h, src_key_padding_mask=pad), pad
+
+    def forward(self, latents: list[Tensor], tokens: Tensor) -> Tensor:
+        """Next-token logits (B, S, V) for caption tokens (B, S) (teacher forcing)."""
+        memory, pad = self.encode(latents)
+        return self._decode(tokens, memory, pad)
+
+    def _decode(self, tokens: Tensor, memory: Tensor, pad: Tensor) -> Tensor:
+        s = tokens.shape[1]
+        positions = torch.arange(s, device=tokens.device)
+        h = self.token_embed(tokens) + self.token_pos(positions)  # (B, S, D)
+        causal = torch.ones(s, s, dtype=torch.bool, device=tokens.device).triu(1)  # True: hidden
+        h = self.decoder(h, memory, tgt_mask=causal, tgt_is_causal=True,
+                         tgt_key_padding_mask=tokens == 0, memory_key_padding_mask=pad)  # fmt: skip
+        return self.head(self.norm(h))  # (B, S, V)
+
+    @torch.inference_mode()
+    def caption(self, latents: list[Tensor]) -> list[str]:
+        """Greedy captions of latents (c, t, h, w)."""
+        memory, pad = self.encode(latents)
+        bos, eos = self.tokenizer.index[BOS], self.tokenizer.index[EOS]
+        tokens = torch.full((len(latents), 1), bos, device=memory.device)
+        done = torch.zeros(len(latents), dtype=torch.bool, device=memory.device)
+        for _ in range(self.config.max_tokens - 1):
+            nxt = self._decode(tokens, memory, pad)[:, -1].argmax(-1)  # (B,)
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            done |= nxt == eos
+            if done.all():
+                break
+        return [self.tokenizer.decode(row.tolist()) for row in tokens]
+
+    def save(self, folder: str | os.PathLike, meta: dict | None = None) -> Path:
+        return save_model(folder, self, self.config, meta=meta or {})
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> Captioner:
+        """The captioner in a model folder (a run's `captioner/`)."""
+        model = cls(load_config(folder, CaptionerConfig))
+        load_weights(folder, model)
+        model.meta = load_meta(folder)
+        return model.eval()
+
+    @classmethod
+    def load_bundled(cls) -> Captioner:
+        """The bundled world captioner; ValueError when this installation has none."""
+        if not (BUNDLED_CAPTIONER / "config.json").is_file():
+            raise ValueError(
+                "this installation has no bundled captioner; train one with `kinetoscope "
+                "train-captioner` and pass its folder (--model RUN/captioner)"
+            )
+        return cls.load(BUNDLED_CAPTIONER)
+
+
+__all__ = ["Captioner", "CaptionerConfig", "WordTokenizer", "spacetime_embedding"]
