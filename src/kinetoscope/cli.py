@@ -51,6 +51,7 @@ def _world(args: argparse.Namespace) -> int:
         "min_frames": args.min_frames,
         "max_frames": args.max_frames,
         "fps": args.fps,
+        "start_room": args.start_room,
         "min_objects": args.min_objects,
         "max_objects": args.max_objects,
         "exclude": parse_exclude(args.exclude) if args.exclude is not None else None,
@@ -592,6 +593,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="(color, shape, motion) combinations never generated: 'default' (the held-out "
         "list of the world benchmark), 'none', or a list like red:circle:fall,blue:square:left "
         f"{mix}",
+    )
+    world.add_argument(
+        "--start-room",
+        type=float,
+        help="share of the room behind a moving object it may start in, in (0, 1] (default: "
+        "the mix's, 0.6; less ties where objects start to their direction)",
     )
     world.add_argument("--workers", type=_count, default=0, help="processes (0: one per core)")
     world.set_defaults(run=_world)

@@ -294,6 +294,9 @@ class WorldConfig:
     # Every even clip is followed by its left-right mirror (left and right swapped in its
     # captions): pairs that differ only in the direction words (see `mirror_scene`).
     mirror_twins: bool = False
+    # A moving object starts within this share of the room behind it along each axis it moves
+    # on (1: anywhere): less makes where objects start tell their direction.
+    start_room: float = 0.6
 
     def __post_init__(self) -> None:
         check_side(self.min_side, "min_side")
@@ -324,6 +327,8 @@ class WorldConfig:
             )
         if not 0 < self.long_clip_weight <= 1:
             raise ValueError(f"long_clip_weight must be in (0, 1], got {self.long_clip_weight}")
+        if not (isinstance(self.start_room, int | float) and 0 < self.start_room <= 1):
+            raise ValueError(f"start_room must be in (0, 1], got {self.start_room!r}")
         if not isinstance(self.min_event_frame, int) or self.min_event_frame < 0:
             raise ValueError(f"min_event_frame must be 0 or more, got {self.min_event_frame!r}")
         if isinstance(self.exclude, str):
@@ -430,6 +435,7 @@ def _place(
     width: int,
     height: int,
     placed: list[tuple[float, float, float]],
+    room: float = 0.6,
 ) -> tuple[float, float] | None:
     """A start centre (fractions) for an object of half-extent `half` px, or None if crowded."""
     ranges = []
@@ -438,9 +444,9 @@ def _place(
         # Moving objects start with room ahead, so the motion is seen before the first bounce.
         step = DIRECTIONS[motion][axis] if motion in DIRECTIONS else 0.0
         if step > 0:
-            hi = lo + 0.6 * (hi - lo)
+            hi = lo + room * (hi - lo)
         elif step < 0:
-            lo = lo + 0.4 * (hi - lo)
+            lo = lo + (1 - room) * (hi - lo)
         if motion == "fall" and axis == 1:
             hi = lo + 0.35 * (hi - lo)  # falling objects start high, so they fall far
         ranges.append((lo, hi))
@@ -479,7 +485,7 @@ def sample_scene(rng: np.random.Generator, config: WorldConfig | None = None) ->
             color, shape, motion = _choice(rng, _triple_table(background, config.exclude, used))
             size = str(rng.choice(list(SIZES)))
             half = SIZES[size] * short / 2
-            spot = _place(rng, motion, half, width, height, placed)
+            spot = _place(rng, motion, half, width, height, placed, config.start_room)
             if spot is None:
                 break
             speed = 0.0
