@@ -337,3 +337,16 @@ def test_a_model_whose_outputs_are_not_finite_is_an_error_not_a_video(monkeypatc
         pipe.generate("x", width=32, height=32, frames=1, **FAST)
     message, code = _expected(error.value)
     assert code == 1 and "NaN or infinity" in message
+
+
+def test_a_size_the_machine_cannot_hold_is_refused_with_one_that_fits(monkeypatch):
+    torch.manual_seed(0)
+    pipe = Pipeline(DiT(DIT_PRESETS["tiny"]), VideoVAE(VAE_PRESETS["tiny"]), TinyTextEncoder(),
+                    precision="fp32")  # fmt: skip
+    assert pipe.memory_needed((64, 64, 17)) < pipe.memory_needed((128, 64, 17))
+    free = pipe.memory_needed((320, 64, 17))
+    monkeypatch.setattr(pipeline_module, "available_memory", lambda device: free)
+    pipe.check_sizes([(320, 64, 17)])  # fits exactly
+    with pytest.raises(ValueError, match="a width of 320 fits") as error:
+        pipe.generate("x", width=100000, height=64, frames=17, **FAST)
+    assert "100000x64x17 video needs about" in str(error.value)

@@ -352,7 +352,51 @@ class Pipeline:
                 patch_grid(latent, self.dit.config.patch)
             except ValueError as error:
                 raise ValueError(f"{_which(i, len(sizes))}{error}") from None
+        self.check_memory(sizes)
         return latents
+
+    def memory_needed(self, size: Size) -> int:
+        """Bytes one (width, height, frames) video needs at its peak, estimated: the DiT's
+        activations of one block over its tokens (both guidance branches; attention stays
+        within the sample, so it grows with the tokens, not their square) and the decoded video
+        (float frames, the decoder's widest layer over a chunk of frames, uint8 output)."""
+        width, height, frames = size
+        cfg, vae = self.dit.config, self.vae.config
+        tokens = (width // vae.size_multiple) * (height // vae.size_multiple) * (
+            1 + (frames - 1) // vae.temporal_factor)  # fmt: skip
+        dit = 2 * tokens * cfg.hidden_size * (8 + 2 * cfg.mlp_ratio) * 4
+        chunk = min(frames, 1 + DECODE_CHUNK * vae.temporal_factor)
+        side = min(width, DECODE_TILE) * min(height, DECODE_TILE)
+        decoder = side * chunk * vae.channels[0] * 4 * 3
+        video = width * height * frames * 3 * (4 + 1)
+        return dit + decoder + video
+
+    def check_memory(self, sizes: Sequence[Size]) -> None:
+        """ValueError, before any work, for a size whose estimated need (`memory_needed`) is
+        more than the device has free, naming the largest width that fits."""
+        free = available_memory(self.device)
+        if free is None:
+            return
+        for i, size in enumerate(sizes):
+            need = self.memory_needed(size)
+            if need <= free:
+                continue
+            width, height, frames = size
+            low, high = 0, width // 16  # in multiples of 16: the largest that fits
+            while low < high:
+                mid = (low + high + 1) // 2
+                low, high = (mid, high) if self.memory_needed((16 * mid, height, frames)) <= free else (low, mid - 1)  # fmt: skip
+            fits = 16 * low
+            raise ValueError(
+                f"{_which(i, len(sizes))}a {width}x{height}x{frames} video needs about "
+                f"{need / 2**30:.1f} GiB to generate and this machine has "
+                f"{free / 2**30:.1f} GiB free; ask for less ("
+                + (
+                    f"at {height} px high and {frames} frames, a width of {fits} fits)"
+                    if fits
+                    else "a smaller height or fewer frames)"
+                )
+            )
 
     # -- 2. text ----------------------------------------------------------------------------
 
@@ -662,6 +706,20 @@ class Pipeline:
 
 # ---------------------------------------------------------------------------------------------
 # Checks
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free on `device` (the host's available memory for a CPU; None if unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _which(i: int, count: int) -> str:
