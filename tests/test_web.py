@@ -246,3 +246,34 @@ def test_expansion_shows_the_expanded_prompt(demo):
     story = demo.run(Request(mode="storyboard", storyboard="5 a red circle\n4 a blue square",
                              steps=1, seed=2, expand=True), progress=False)  # fmt: skip
     assert story.summary.count("expanded prompt: ") == 2
+
+
+@pytest.mark.slow
+def test_the_demo_command_serves_and_stops_cleanly_on_ctrl_c(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    command = [sys.executable, "-m", "kinetoscope", "demo", "--port", str(port), "--threads", "1",
+               "--out", str(tmp_path / "results")]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=env)  # fmt: skip
+    try:
+        lines = []
+        for line in process.stdout:  # until it says where it serves
+            lines.append(line)
+            if "kinetoscope demo: http://127.0.0.1:" in line:
+                break
+        assert any(f"127.0.0.1:{port}" in line for line in lines), lines
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}", timeout=30).read()
+        assert b"kinetoscope" in page
+        process.send_signal(signal.SIGINT)
+        rest = process.communicate(timeout=60)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, rest
+    assert "stopping" in rest and "Traceback" not in rest

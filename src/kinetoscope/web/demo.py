@@ -217,7 +217,12 @@ class Demo:
         items = []
         for result in reversed(self.history):
             thumbnail = result.path.with_suffix(".thumb.png")
-            caption = f"seed {result.seed}: {result.settings.get('prompt', '')}"
+            settings = result.settings
+            caption = (
+                f"seed {result.seed}: {settings.get('prompt', settings.get('storyboard', ''))} | "
+                + ", ".join(f"{k} {v}" for k, v in settings.items()
+                            if k not in ("prompt", "storyboard", "seed"))
+            )  # fmt: skip
             items.append((str(thumbnail), caption))
         return items
 
