@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from kinetoscope.data.world import WorldConfig, parse_caption, sample_scene
-from kinetoscope.text.expand import PromptExpander
+from kinetoscope.text.expand import PromptExpander, stated_attributes
 from record import markdown_table, record
 
 _SIZE_WORDS = {"small": ("small", "tiny", "little"), "medium": ("medium",),
@@ -49,7 +49,7 @@ def _typo(word: str, rng: np.random.Generator) -> str:
 
 def user_prompt(scene, rng: np.random.Generator, complete: bool = False) -> tuple[str, set]:
     """A user's wording of `scene` (with `complete`, every attribute stated), and the set of
-    attributes it states, as `stated` counts them."""
+    attributes it states, as `stated_attributes` counts them."""
     parts, stated = [], set()
     for obj in scene.objects:
         words = []
@@ -79,18 +79,6 @@ def user_prompt(scene, rng: np.random.Generator, complete: bool = False) -> tupl
         text += str(rng.choice((f" on a {scene.background} background",
                                 f", {scene.background} background")))  # fmt: skip
     return (text.upper() if rng.random() < 0.05 else text), stated
-
-
-def stated(caption: str) -> set:
-    """The attributes a caption states, in `user_prompt`'s terms."""
-    parsed = parse_caption(caption)
-    found = {("background", parsed.background)} if parsed.background else set()
-    for o in parsed.objects:
-        found.add((o.color, o.shape))
-        found |= {
-            (o.color, o.shape, k, v) for k, v in (("size", o.size), ("motion", o.motion)) if v
-        }
-    return found
 
 
 def valid(caption: str) -> bool:
@@ -141,7 +129,8 @@ def main() -> None:
     for i in range(args.prompts):
         prompt, truth = user_prompt(sample_scene(rng, config), rng)
         expanded = expander.expand(prompt, seed=i)
-        kept += truth <= stated(expanded)  # against what the user meant, typos and all
+        # Against what the user meant, typos and all.
+        kept += truth <= stated_attributes(parse_caption(expanded))
         complete += valid(expanded)
         if i < 5:
             rows.append([prompt, expanded])

@@ -103,9 +103,14 @@ class _Chat(BaseHTTPRequestHandler):
         pass
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # a client that timed out and left: its broken pipe is expected
+
+
 @pytest.fixture
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Chat)
+    httpd = _QuietServer(("127.0.0.1", 0), _Chat)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     _Chat.delay, _Chat.seen = 0.0, []

@@ -33,6 +33,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -387,27 +388,33 @@ def check_storyboard(segments: object) -> list[tuple[str, int]]:
     return checked
 
 
-def read_storyboard(path: str | os.PathLike) -> list[tuple[str, int]]:
-    """Segments of a storyboard file: one `FRAMES PROMPT` per line ('#' starts a comment)."""
+def parse_storyboard(text: str, source: str = "the storyboard") -> list[tuple[str, int]]:
+    """Segments of storyboard text: one `FRAMES PROMPT` per line ('#' starts a comment);
+    ValueError naming `source` and the line for anything else."""
     segments = []
-    try:
-        lines = open(path, encoding="utf-8").read().splitlines()  # noqa: SIM115
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"cannot read storyboard {path}: {error}") from None
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         count, _, prompt = line.partition(" ")
         if not count.isdigit() or not prompt.strip():
             raise ValueError(
-                f"{path}, line {number}: expected 'FRAMES PROMPT' (e.g. '33 a red circle "
+                f"{source}, line {number}: expected 'FRAMES PROMPT' (e.g. '33 a red circle "
                 f"moving right'), got {line!r:.80}"
             )
         segments.append((prompt.strip(), int(count)))
     if not segments:
-        raise ValueError(f"storyboard {path} has no segments; write one 'FRAMES PROMPT' per line")
+        raise ValueError(f"{source} has no segments; write one 'FRAMES PROMPT' per line")
     return check_storyboard(segments)
+
+
+def read_storyboard(path: str | os.PathLike) -> list[tuple[str, int]]:
+    """Segments of a storyboard file (see `parse_storyboard`)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read storyboard {path}: {error}") from None
+    return parse_storyboard(text, str(path))
 
 
 def seam_ratio(video: np.ndarray, seams: Sequence[int], reference: np.ndarray) -> float:
@@ -437,6 +444,7 @@ __all__ = [
     "long_video",
     "loop",
     "output_size",
+    "parse_storyboard",
     "read_storyboard",
     "seam_ratio",
     "text_to_video",

@@ -144,10 +144,12 @@ def correct_spelling(prompt: str) -> str:
 def kept_attributes(prompt: str, expanded: str) -> bool:
     """Whether `expanded` states every object attribute and the background `prompt` states."""
     given, got = parse_caption(correct_spelling(prompt)), parse_caption(expanded)
-    return _attributes(given) <= _attributes(got)
+    return stated_attributes(given) <= stated_attributes(got)
 
 
-def _attributes(parsed: ParsedCaption) -> set[tuple]:
+def stated_attributes(parsed: ParsedCaption) -> set[tuple]:
+    """What a parsed caption states: (color, shape) per object, (color, shape, 'size' or
+    'motion', value) where given, and ('background', name)."""
     found = {("background", parsed.background)} if parsed.background else set()
     for obj in parsed.objects:
         found.add((obj.color, obj.shape))
@@ -224,4 +226,4 @@ class ChatExpander:
 
 
 __all__ = ["BUNDLED_EXPANDER", "ChatExpander", "Expander", "ExpanderConfig", "PromptExpander",
-           "correct_spelling", "kept_attributes"]  # fmt: skip
+           "correct_spelling", "kept_attributes", "stated_attributes"]  # fmt: skip

@@ -228,14 +228,7 @@ class Demo:
 
 
 def _storyboard(text: str) -> list[tuple[str, int]]:
-    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    segments = []
-    for number, line in enumerate((line for line in lines if line), 1):
-        count, _, prompt = line.partition(" ")
-        if not count.isdigit() or not prompt.strip():
-            raise ValueError(f"Storyboard line {number}: write 'FRAMES PROMPT', got {line!r:.60}.")
-        segments.append((prompt.strip(), int(count)))
-    return conditioning.check_storyboard(segments)
+    return conditioning.parse_storyboard(text, "Storyboard")
 
 
 def _generate(pipe: Pipeline, request: Request, options: dict) -> conditioning.Prompted:
