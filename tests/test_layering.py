@@ -22,6 +22,7 @@ LAYERS = {
     "captioner": 2,
     "presets": 2,
     "pipeline": 3,
+    "model_folder": 3,
     "conditioning": 3,
     "train": 4,
     "evaluate": 4,

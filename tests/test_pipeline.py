@@ -103,7 +103,9 @@ def test_missing_models_are_user_errors_that_say_what_to_pass(tmp_path, monkeypa
         find_model(tmp_path / "nothing")
     with pytest.raises(ValueError, match="holds no DiT"):
         find_model(tmp_path)
-    monkeypatch.setattr(pipeline_module, "default_model_dir", lambda: tmp_path / "world-dit")
+    import kinetoscope.model_folder as model_folder
+
+    monkeypatch.setattr(model_folder, "default_model_dir", lambda: tmp_path / "world-dit")
     with pytest.raises(ValueError, match="pass --model DIR"):
         find_model()
     assert main(["generate", "a red circle", "--out", str(tmp_path / "x.mp4")]) == 2

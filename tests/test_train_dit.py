@@ -19,7 +19,8 @@ from kinetoscope.data.manifest import read_manifest, write_manifest
 from kinetoscope.dit import DIT_PRESETS, DiT
 from kinetoscope.patches import pack
 from kinetoscope.text import load_text_encoder
-from kinetoscope.train.dit import load_dit, make_batch, plot_loss, sample_previews, train_dit
+from kinetoscope.train.batch import make_batch
+from kinetoscope.train.dit import load_dit, plot_loss, sample_previews, train_dit
 from kinetoscope.train.latents import LatentCache
 from kinetoscope.vae import VAE_PRESETS, VideoVAE, load_vae
 
@@ -375,7 +376,7 @@ def test_mirror_twins_share_a_batch_their_timestep_and_their_noise(tmp_path):
 
 
 def test_given_masks_cover_every_mode_and_leave_frames_to_learn():
-    from kinetoscope.train.dit import GIVEN_MASKS, given_patches
+    from kinetoscope.train.batch import GIVEN_MASKS, given_patches
 
     fractions = [i / 16 for i in range(16)]
     for patches in (2, 3, 5, 9):

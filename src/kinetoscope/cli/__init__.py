@@ -17,21 +17,9 @@ import traceback
 import warnings
 from pathlib import Path
 
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    """argparse type: an integer of at least 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+from kinetoscope.cli.evaluate import add_eval_command
+from kinetoscope.cli.generate import add_generate_command
+from kinetoscope.cli.options import _count, _DefaultsHelp, _positive_int
 
 
 def _world(args: argparse.Namespace) -> int:
@@ -160,200 +148,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_output(path: Path, video, fps: float) -> Path:
-    """Write `T H W 3` frames by extension; a video asked as an image becomes numbered PNGs."""
-    from kinetoscope.io import IMAGE_EXTENSIONS, write_frames, write_video
-
-    if path.suffix.lower() in IMAGE_EXTENSIONS and len(video) > 1:
-        folder = path.with_suffix("")
-        write_frames(folder, video)
-        return folder
-    return write_video(path, video, fps)
-
-
-def _generate(args: argparse.Namespace) -> int:
-    import torch
-
-    from kinetoscope.conditioning import SINGLE_PASS_FRAMES
-    from kinetoscope.pipeline import DEFAULT_SIZE, Pipeline, resolve_device
-
-    mode, inputs = _generation_mode(args)  # every option checked, every input read, first
-    out = _generation_output(args, single_image=mode == "text" and args.frames == 1)
-    device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    # Refuse sizes off the grid before loading the model (an input's own size always fits).
-    single = mode == "text" and not args.loop and args.frames <= SINGLE_PASS_FRAMES
-    width, height, _ = DEFAULT_SIZE
-    sizes = [(args.width or width, args.height or height, args.frames if single else 1)]
-    pipe = Pipeline.load(args.model, device=device, sizes=sizes)  # sizes checked first
-    loading = time.perf_counter() - start
-    _expand_prompts(args, mode, inputs)
-    result = _run_mode(pipe, mode, inputs, args)
-    start = time.perf_counter()
-    path = _write_output(out, result.video, args.fps)
-    writing = time.perf_counter() - start
-    video = result.video
-    height, width = video.shape[1:3]
-    what = "image" if len(video) == 1 else f"{len(video)} frames at {args.fps:g} fps"
-    print(f"wrote {path} ({width}x{height}, {what}, seed {args.seed})")
-    if mode != "text":
-        print(f"{result.mode}: {result.given} frames given, {result.generated} generated")
-    for note in result.notes:
-        print(f"  {note}")
-    t = result.timings
-    total = loading + sum(t.values()) + writing
-    print(
-        f"took {total:.1f} s: loading {loading:.1f} s, text {t.get('text', 0):.2f} s, sampling "
-        f"{t.get('sampling', 0):.1f} s ({args.steps} {args.sampler} steps a window), decoding "
-        f"{t.get('decoding', 0):.1f} s, writing {writing:.2f} s"
-    )
-    return 0
-
-
-_MODE_OPTIONS = ("image", "video", "connect", "edit", "storyboard")
-
-
-def _generation_mode(args: argparse.Namespace) -> tuple[str, dict]:
-    """The mode asked ("text", "image", "video", "connect", "edit" or "storyboard") and its
-    inputs, read now; ValueError for options that conflict or inputs that cannot be read."""
-    from kinetoscope.conditioning import load_frames, read_storyboard
-
-    asked = [name for name in _MODE_OPTIONS if getattr(args, name) is not None]
-    if len(asked) > 1:
-        raise ValueError(f"choose one of --{' or --'.join(asked)}: they are separate modes")
-    mode = asked[0] if asked else "text"
-    if (mode == "storyboard") == (args.prompt is not None):
-        raise ValueError(
-            "a storyboard gives each segment's prompt; drop PROMPT"
-            if mode == "storyboard"
-            else "give a PROMPT: what the video shows, e.g. 'a red circle moving right'"
-        )
-    if args.loop and mode not in ("text", "image"):
-        raise ValueError(f"--loop makes a looping video from text or --image, not --{mode}")
-    if args.extend is not None and mode != "video":
-        raise ValueError("--extend needs --video PATH, the video to extend")
-    if args.strength is not None and mode != "edit":
-        raise ValueError("--strength needs --edit PATH, the video to edit")
-    if mode == "storyboard" and args.frames is not None:
-        raise ValueError("a storyboard gives each segment's frames; drop --frames")
-    if args.frames is None:
-        args.frames = 16 if mode in ("video", "connect") else 17
-    if mode == "storyboard":
-        return mode, {"segments": read_storyboard(args.storyboard)}
-    if mode == "text":
-        return mode, {}
-    if mode == "connect":
-        first, second = (load_frames(path) for path in args.connect)
-        return mode, {"first": first, "second": second}
-    return mode, {"frames": load_frames(getattr(args, mode))}
-
-
-def _expand_prompts(args: argparse.Namespace, mode: str, inputs: dict) -> None:
-    """With --expand (or --expand-endpoint), rewrite the prompt(s) once, before any window,
-    into the training captions' style, and print them."""
-    if not (args.expand or args.expand_endpoint):
-        return
-    from kinetoscope.text.expand import ChatExpander, PromptExpander
-
-    if args.expand_endpoint:
-        if not args.expand_model:
-            raise ValueError("--expand-endpoint needs --expand-model NAME (the served model)")
-        expander = ChatExpander(args.expand_endpoint, args.expand_model)
-    else:
-        expander = PromptExpander.load()
-    video = mode != "text" or args.frames > 1
-    if mode == "storyboard":
-        inputs["segments"] = [(expander.expand(prompt, seed=args.seed + i, video=video), count)
-                              for i, (prompt, count) in enumerate(inputs["segments"])]  # fmt: skip
-        for prompt, _ in inputs["segments"]:
-            print(f"expanded prompt: {prompt}")
-        return
-    args.prompt = expander.expand(args.prompt, seed=args.seed, video=video)
-    print(f"expanded prompt: {args.prompt}")
-
-
-def _run_mode(pipe, mode: str, inputs: dict, args: argparse.Namespace):
-    """Generate in `mode` with the inputs `_generation_mode` read (a `Prompted`)."""
-    from kinetoscope import conditioning
-
-    options = {"steps": args.steps, "guidance": args.guidance, "seed": args.seed,
-               "sampler": args.sampler, "negative": args.negative, "width": args.width,
-               "height": args.height}  # fmt: skip
-    prompt, frames = args.prompt, args.frames
-    if mode == "storyboard":
-        return conditioning.long_video(pipe, inputs["segments"], **options)
-    if mode == "text" and args.loop:
-        return conditioning.loop(pipe, prompt, frames=frames, **options)
-    if mode == "text":
-        return conditioning.text_to_video(pipe, prompt, frames=frames, **options)
-    if mode == "image":
-        return conditioning.animate(
-            pipe, prompt, inputs["frames"], frames=frames, loop=args.loop, **options
-        )
-    if mode == "video":
-        return conditioning.extend(
-            pipe, prompt, inputs["frames"], frames=frames, direction=args.extend or "forward",
-            **options,
-        )  # fmt: skip
-    if mode == "connect":
-        return conditioning.connect(pipe, prompt, inputs["first"], inputs["second"],
-                                    frames=frames, **options)  # fmt: skip
-    strength = conditioning.DEFAULT_STRENGTH if args.strength is None else args.strength
-    return conditioning.edit(pipe, prompt, inputs["frames"], strength=strength, **options)
-
-
-def _generation_output(args: argparse.Namespace, single_image: bool) -> Path:
-    """--out, checked: a known extension, a writable place, not replacing a file unasked."""
-    from kinetoscope.io import IMAGE_EXTENSIONS, check_output_file, check_output_folder
-
-    out = Path(args.out or ("image.png" if single_image else "video.mp4"))
-    kinds = {".mp4", ".gif", ".mkv", *IMAGE_EXTENSIONS}
-    if out.suffix.lower() not in kinds:
-        raise ValueError(f"--out {out}: use one of {', '.join(sorted(kinds))}")
-    frames_folder = out.suffix.lower() in IMAGE_EXTENSIONS and not single_image
-    target = out.with_suffix("") if frames_folder else out
-    if frames_folder:
-        check_output_folder(target, "--out (a folder of frames for more than one frame)")
-    else:
-        check_output_file(out, "--out")
-    if not args.overwrite and (target.is_file() or (target.is_dir() and any(target.iterdir()))):
-        raise ValueError(f"--out {target} already exists; pass --overwrite to replace it")
-    return out
-
-
-def _eval_vae(args: argparse.Namespace) -> int:
-    from kinetoscope.evaluate.vae import evaluate_vae
-    from kinetoscope.io import check_output_folder
-    from kinetoscope.vae import load_vae
-
-    if args.out:
-        check_output_folder(args.out, "--out")
-    report = evaluate_vae(
-        load_vae(args.vae),
-        args.data,
-        limit=args.limit,
-        out=args.out,
-        max_area=args.max_area,
-        max_frames=args.max_frames,
-        progress=True,
-    )
-    print(
-        f"{report['clips']} clips: PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.4f}, "
-        f"{report['latent_bits_per_pixel']:.3f} latent bits/pixel, "
-        f"{report['frames_per_second']:.1f} frames/s, {report['skipped']} skipped"
-    )
-    for clip in sorted(report["per_clip"], key=lambda clip: clip["psnr"])[:3]:
-        print(
-            f"  worst: {clip['path']} ({clip['width']}x{clip['height']}x{clip['frames']}): "
-            f"PSNR {clip['psnr']:.2f} dB, SSIM {clip['ssim']:.4f}"
-        )
-    if args.out:
-        print(f"report (every clip's scores) and examples: {args.out}")
-    return 0
-
-
 def _train_captioner(args: argparse.Namespace) -> int:
     from kinetoscope.train.captioner import train_captioner
 
@@ -374,30 +168,29 @@ def _train_captioner(args: argparse.Namespace) -> int:
     return 0
 
 
-def _caption(args: argparse.Namespace) -> int:
+def _captioner(args: argparse.Namespace):
+    """The captioner of --model (the bundled one without it), on --threads threads."""
     import torch
 
     from kinetoscope.captioner import Captioner
-    from kinetoscope.captioner.run import caption_files
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    captioner = Captioner.load(args.model) if args.model else Captioner.load_bundled()
-    for path, text in caption_files(captioner, args.videos):
+    return Captioner.load(args.model) if args.model else Captioner.load_bundled()
+
+
+def _caption(args: argparse.Namespace) -> int:
+    from kinetoscope.captioner.run import caption_files
+
+    for path, text in caption_files(_captioner(args), args.videos):
         print(f"{path}: {text}")
     return 0
 
 
 def _recaption(args: argparse.Namespace) -> int:
-    import torch
-
-    from kinetoscope.captioner import Captioner
     from kinetoscope.captioner.run import recaption
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    captioner = Captioner.load(args.model) if args.model else Captioner.load_bundled()
-    done = recaption(captioner, args.manifest, args.out, progress=True)
+    done = recaption(_captioner(args), args.manifest, args.out, progress=True)
     print(f"wrote {args.out}: {done['captioned']} clips captioned now, {done['kept']} kept "
           f"from before, {done['skipped']} unreadable")  # fmt: skip
     return 0
@@ -449,104 +242,6 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"results go to {out}")
     serve(Demo(pipe, out, limits), args.host, args.port, args.concurrency)
     return 0
-
-
-def _eval_sensitivity(args: argparse.Namespace) -> int:
-    import json
-
-    from kinetoscope.evaluate.sensitivity import ATTRIBUTES, build_probe, text_sensitivity
-    from kinetoscope.io import check_output_file
-    from kinetoscope.pipeline import Pipeline
-
-    if args.clips < 1:
-        raise ValueError(f"--clips must be at least 1, got {args.clips}")
-    if args.out:
-        check_output_file(args.out, "--out")
-    pipe = Pipeline.load(args.model, device=args.device, precision=args.precision)
-    probe = build_probe(pipe.vae, args.clips, device=pipe.device)
-    result = text_sensitivity(pipe.dit, pipe.text, probe, pipe.device, pipe.precision)
-    times = "  ".join(f"t={t:<5g}" for t in probe.timesteps)
-    print(f"flow loss with the true caption: {result['loss']:.4f} ({args.clips} clips)")
-    print(f"{'attribute':<11} {'gap':>8} {'true wins':>9}   gap at {times}")
-    for name in ATTRIBUTES:
-        per_t = "  ".join(f"{result[f'gap_{name}_t{t:g}']:+7.2%}" for t in probe.timesteps)
-        gap, win = result[f"gap_{name}"], result[f"win_{name}"]
-        print(f"{name:<11} {gap:>+8.2%} {win:>9.0%}   {per_t}")
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"report: {args.out}")
-    return 0
-
-
-def _eval_world(args: argparse.Namespace) -> int:
-    from kinetoscope.evaluate.world import (
-        evaluate_folder,
-        read_suite,
-        render_suite,
-        suite,
-        write_suite,
-    )
-    from kinetoscope.io import check_output_file, check_output_folder
-
-    for option, path in (("--out", args.out), ("--render-reference", args.render_reference)):
-        if path:
-            check_output_folder(path, option)
-    if args.export_suite:
-        check_output_file(args.export_suite, "--export-suite")
-    if args.model:
-        check_output_folder(args.videos or Path(args.out or "world-eval") / "videos", "--videos")
-    if args.specs:
-        suites = {Path(args.specs).stem: read_suite(args.specs)}
-    else:
-        suites = {name: suite(name) for name in args.suite.split(",")}
-    if args.export_suite:
-        path = write_suite(args.export_suite, [e for entries in suites.values() for e in entries])
-        print(f"wrote {sum(map(len, suites.values()))} prompts and scene specs to {path}")
-        return 0
-    if args.render_reference:
-        for entries in suites.values():
-            render_suite(entries, args.render_reference)
-        print(f"rendered the ground-truth videos of {', '.join(suites)} to {args.render_reference}")
-        return 0
-    if args.model:
-        from kinetoscope.evaluate.world import generate_suite
-        from kinetoscope.pipeline import Pipeline
-
-        args.videos = args.videos or str(Path(args.out or "world-eval") / "videos")
-        sizes = [(e.spec.width, e.spec.height, e.spec.frames) for s in suites.values() for e in s]
-        pipe = Pipeline.load(args.model, sizes=sizes)
-        for name, entries in suites.items():
-            print(f"== generating suite {name} ({len(entries)} prompts) into {args.videos}")
-            options = {"steps": args.steps, "guidance": args.guidance, "seed": args.seed}
-            generate_suite(pipe, entries, args.videos, **options)
-    if not args.videos:
-        raise ValueError(
-            "give --videos DIR or --model DIR (or --export-suite FILE / --render-reference DIR)"
-        )
-    out = Path(args.out) if args.out else Path(args.videos)
-    means = {}
-    for name, entries in suites.items():
-        print(f"== suite {name} ({len(entries)} prompts)")
-        report = evaluate_folder(
-            args.videos, entries, out=out / f"world_{name}.json", worst=args.worst
-        )
-        means[name] = report["mean"]
-    if len(means) > 1:  # the suites side by side: seen combinations against held-out ones
-        names = list(means)
-        print("\n| score | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
-        for key in next(iter(means.values())):
-            cells = ["-" if m[key] is None else f"{m[key]:.3f}" for m in means.values()]
-            print(f"| {key} | " + " | ".join(cells) + " |")
-    return 0
-
-
-class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except None, "" and False (their help says what happens without the option)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default == "" or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -774,123 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(run=_train)
 
-    generate = sub.add_parser(
-        "generate",
-        help="generate a video (or an image) from a text prompt",
-        description="Generate a video from a text prompt with a trained model: a grid of noise "
-        "of the asked size, denoised by the diffusion transformer under classifier-free "
-        "guidance, decoded by the VAE. The output format follows --out's extension: .mp4 "
-        "(H.264, plays in browsers), .gif, .mkv (lossless), or .png/.jpg/.webp: an image for "
-        "--frames 1, else a folder of numbered PNGs named after --out. The same prompt, seed "
-        "and settings give the same video. Images and videos can prompt it too, one mode at a "
-        "time: --image (animate it; with --loop, a loop), --video with --extend, --connect, "
-        "--edit, --storyboard. Inputs of any size are fitted to the output size (resized to "
-        "cover, centre-cropped); without --width/--height the output takes the input's own "
-        "size, rounded to a multiple of 16. Your input frames come back unchanged in the "
-        "output. Past 65 frames a video is made window by window, in constant memory.",
-        formatter_class=_DefaultsHelp,
-    )
-    generate.add_argument(
-        "prompt",
-        nargs="?",
-        help="what the video shows, e.g. 'a red circle moving right' (none with --storyboard)",
-    )
-    generate.add_argument(
-        "--model",
-        help="model folder: a run folder written by `kinetoscope train` (its EMA weights, VAE and "
-        "text encoder), or its checkpoint/ema folder (default: the bundled world model)",
-    )
-    generate.add_argument(
-        "--width", type=int, help="width in pixels, a multiple of 16 (default: 96, or the input's)"
-    )
-    generate.add_argument(
-        "--height",
-        type=int,
-        help="height in pixels, a multiple of 16 (default: 64, or the input's)",
-    )
-    generate.add_argument(
-        "--frames",
-        type=int,
-        help="frames: of the video, 1 + 4k up to 65 and any count beyond (1 is an image); with "
-        "--video, the frames to add; with --connect, the transition's, a multiple of 4 "
-        "(default: 17; 16 to add or connect)",
-    )
-    generate.add_argument("--steps", type=int, default=30, help="sampler steps")
-    generate.add_argument(
-        "--guidance",
-        type=float,
-        default=4.0,
-        help="classifier-free guidance scale: higher follows the prompt more closely; 1 is off",
-    )
-    generate.add_argument("--seed", type=int, default=0, help="seed of the noise")
-    generate.add_argument(
-        "--sampler",
-        choices=("euler", "heun"),
-        default="euler",
-        help="ODE solver: heun is second order and calls the model twice per step",
-    )
-    generate.add_argument(
-        "--negative",
-        default="",
-        help="negative prompt: what to steer away from under guidance (default: the empty one)",
-    )
-    generate.add_argument(
-        "--out", help="output file (default: video.mp4, or image.png for --frames 1)"
-    )
-    generate.add_argument(
-        "--overwrite", action="store_true", help="replace --out if it exists (else refused)"
-    )
-    generate.add_argument("--fps", type=float, default=8.0, help="frames per second of the file")
-    generate.add_argument(
-        "--expand",
-        action="store_true",
-        help="rewrite the prompt into the detailed caption style the model trained on, filling "
-        "in what it leaves out (the bundled offline expander; prints the result)",
-    )
-    generate.add_argument(
-        "--expand-endpoint",
-        metavar="URL",
-        help="expand with an OpenAI-compatible chat server instead, e.g. "
-        "http://localhost:8000/v1 (with --expand-model)",
-    )
-    generate.add_argument("--expand-model", metavar="NAME", help="the model the server serves")
-    prompting = generate.add_argument_group("image and video prompts (one mode at a time)")
-    prompting.add_argument("--image", metavar="PATH", help="animate this image: it is frame 0")
-    prompting.add_argument(
-        "--loop", action="store_true", help="a seamless loop (from --image, or from the prompt)"
-    )
-    prompting.add_argument("--video", metavar="PATH", help="a video to extend (with --extend)")
-    prompting.add_argument(
-        "--extend",
-        choices=("forward", "backward"),
-        help="add --frames after the video's end (forward) or before its start (default: forward)",
-    )
-    prompting.add_argument(
-        "--connect",
-        nargs=2,
-        metavar=("A", "B"),
-        help="video A, then a generated transition of --frames, then video B",
-    )
-    prompting.add_argument(
-        "--edit", metavar="PATH", help="re-generate this video under the prompt (SDEdit)"
-    )
-    prompting.add_argument(
-        "--strength",
-        type=float,
-        help="how much of --edit to re-generate, in [0, 1]: 0 returns the input, 1 ignores it "
-        "(default: 0.6)",
-    )
-    prompting.add_argument(
-        "--storyboard",
-        metavar="FILE",
-        help="a text file of 'FRAMES PROMPT' lines: segments one after another, each continuing "
-        "the last (give no PROMPT)",
-    )
-    generate.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if any)")
-    generate.add_argument(
-        "--threads", type=_positive_int, help="torch CPU threads (default: torch's)"
-    )
-    generate.set_defaults(run=_generate)
+    add_generate_command(sub)
 
     captioner = sub.add_parser(
         "train-captioner",
@@ -978,89 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     demo.set_defaults(run=_demo)
 
-    evaluate = sub.add_parser(
-        "eval",
-        help="measure a VAE (reconstruction) or videos against the world benchmark",
-        description="Evaluate a trained model on a manifest of clips.",
-    )
-    eval_sub = evaluate.add_subparsers(dest="what", metavar="WHAT", required=True)
-    eval_vae = eval_sub.add_parser(
-        "vae",
-        help="reconstruction PSNR, SSIM, latent bits per pixel and throughput of a VAE",
-        description="Reconstruct clips through a trained VAE; print PSNR, SSIM, latent bits "
-        "per pixel and throughput, and with --out write report.json and example GIF/PNGs.",
-        formatter_class=_DefaultsHelp,
-    )
-    eval_vae.add_argument(
-        "--vae", required=True, help="VAE folder (model.safetensors + config.json) or 'world'"
-    )
-    eval_vae.add_argument("--data", required=True, help="manifest.jsonl of evaluation clips")
-    eval_vae.add_argument("--limit", type=int, help="evaluate only the first N clips")
-    eval_vae.add_argument("--out", help="folder for report.json and examples")
-    eval_vae.add_argument("--max-area", type=int, default=256 * 256, help="clip area cap (px)")
-    eval_vae.add_argument("--max-frames", type=int, default=17, help="frames per clip (1 + 4k)")
-    eval_vae.set_defaults(run=_eval_vae)
-
-    eval_sensitivity = eval_sub.add_parser(
-        "sensitivity",
-        help="text-sensitivity probe: how much a model's loss rises when one caption attribute "
-        "changes",
-        description="For fixed rendered world clips at fixed timesteps and noise, measure the "
-        "flow loss with the true caption and with it changed in one attribute (direction, "
-        "color, shape, size, background, count). A positive gap means the model reads that "
-        "attribute; a caption-blind model scores zero. Needs no sampling: seconds.",
-        formatter_class=_DefaultsHelp,
-    )
-    eval_sensitivity.add_argument(
-        "--model", help="model folder or run folder (default: the bundled world model)"
-    )
-    eval_sensitivity.add_argument("--clips", type=int, default=32, help="probe clips")
-    eval_sensitivity.add_argument(
-        "--precision", choices=("auto", "bf16", "fp32"), default="fp32", help="compute precision"
-    )
-    eval_sensitivity.add_argument("--device", help="cpu, cuda or cuda:N (default: the GPU if any)")
-    eval_sensitivity.add_argument("--out", help="write the full result (JSON) here")
-    eval_sensitivity.set_defaults(run=_eval_sensitivity)
-
-    eval_world = eval_sub.add_parser(
-        "world",
-        help="score videos against the world benchmark's prompts from pixels alone",
-        description="Score a folder of videos, one per benchmark prompt and named "
-        "<entry name>.mp4 (or any video extension), against their scene specs: prompt "
-        "adherence, world consistency (permanence, stability, physics) and frame quality. "
-        "Writes a JSON report and a contact sheet of the worst cases per suite and prints the "
-        "suites side by side. --export-suite writes the prompts and specs for generating the "
-        "videos elsewhere; --render-reference renders the ground truth (it scores near 1).",
-        formatter_class=_DefaultsHelp,
-    )
-    eval_world.add_argument(
-        "--videos",
-        help="folder of videos named after the suite entries (with --model: where the generated "
-        "videos go; default <--out or world-eval>/videos)",
-    )
-    eval_world.add_argument(
-        "--model",
-        help="generate every suite prompt at its spec's size with this model (a run folder "
-        "written by `kinetoscope train`) into --videos, then score them",
-    )
-    eval_world.add_argument("--steps", type=int, default=30, help="sampler steps (with --model)")
-    eval_world.add_argument(
-        "--guidance", type=float, default=4.0, help="guidance scale (with --model)"
-    )
-    eval_world.add_argument(
-        "--seed", type=int, default=0, help="seed of suite entry i is seed + i (with --model)"
-    )
-    eval_world.add_argument(
-        "--suite", default="standard,heldout", help="comma-separated suites: standard, heldout"
-    )
-    eval_world.add_argument("--specs", help="a suite file (JSON Lines) instead of --suite")
-    eval_world.add_argument("--out", help="folder for the reports (default: --videos)")
-    eval_world.add_argument("--worst", type=int, default=8, help="videos in each contact sheet")
-    eval_world.add_argument("--export-suite", help="write the prompts and specs here and exit")
-    eval_world.add_argument(
-        "--render-reference", help="render the suites' ground-truth videos to this folder and exit"
-    )
-    eval_world.set_defaults(run=_eval_world)
+    eval_sub = add_eval_command(sub)
 
     debug = "show the full traceback of any failure (for reporting a bug)"
     parser.add_argument("--debug", action="store_true", help=debug)
