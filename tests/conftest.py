@@ -1,3 +1,8 @@
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -57,3 +62,57 @@ def tiny_world(tmp_path_factory) -> tuple[Path, Path]:
     vae.latent_scale.copy_(scale)
     save_model(root / "vae", vae, vae.config)
     return manifest, root / "vae"
+
+
+# ---------------------------------------------------------------------------------------------
+# An OpenAI-compatible chat endpoint, served in the test
+
+
+class ChatServer:
+    """What the test server answers (`answer`: the message text, or raw bytes), after `delay`
+    seconds, and every (path, body) it was sent (`seen`)."""
+
+    def __init__(self) -> None:
+        self.answer: object = "a caption"
+        self.delay = 0.0
+        self.seen: list[tuple[str, dict]] = []
+        self.url = ""
+
+    @staticmethod
+    def down_url() -> str:
+        """The URL of a port nothing listens on."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+
+
+@pytest.fixture
+def chat_server():
+    state = ChatServer()
+
+    class Chat(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            state.seen.append((self.path, body))
+            time.sleep(state.delay)
+            answer = state.answer
+            data = answer if isinstance(answer, bytes) else json.dumps(
+                {"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()  # fmt: skip
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    class QuietServer(ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # a client that timed out and left: its broken pipe is expected
+
+    httpd = QuietServer(("127.0.0.1", 0), Chat)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    yield state
+    httpd.shutdown()

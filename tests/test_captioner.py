@@ -1,16 +1,23 @@
 """The video captioner: it learns a few clips, is scored by the caption parser, and recaptions
 manifests without losing anything, resuming after a kill."""
 
+import base64
+import io
 import json
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from kinetoscope.captioner import Captioner, CaptionerConfig, WordTokenizer
+from kinetoscope.captioner.endpoint import EndpointCaptioner
 from kinetoscope.captioner.run import GENERATED, recaption
 from kinetoscope.cli import main
 from kinetoscope.data.manifest import read_manifest
+from kinetoscope.io import write_video
 from kinetoscope.train.captioner import caption_accuracy, train_captioner
 from kinetoscope.vae import load_vae
 
@@ -112,3 +119,80 @@ def test_the_captioner_reads_clips_of_any_size():
     latents = [torch.randn(4, 3, 4, 6), torch.randn(4, 9, 8, 8), torch.randn(4, 1, 2, 2)]
     captions = captioner.caption(latents)
     assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real footage: a vision model behind an OpenAI-compatible endpoint (conftest's `chat_server`)
+
+
+def _ramp_video(path: Path, frames: int = 40) -> Path:
+    """A 96x64 clip whose frame k is gray level 6k: the frames sent can be told apart."""
+    video = (
+        np.zeros((frames, 64, 96, 3), np.uint8)
+        + 6 * np.arange(frames, dtype=np.uint8)[:, None, None, None]
+    )
+    return write_video(path, video, fps=8.0, crf=0)
+
+
+def _sent_images(body: dict) -> list[Image.Image]:
+    [message] = body["messages"]
+    parts = message["content"]
+    assert parts[0]["type"] == "text"
+    urls = [p["image_url"]["url"] for p in parts[1:]]
+    assert all(url.startswith("data:image/jpeg;base64,") for url in urls)
+    return [Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) for url in urls]
+
+
+def test_the_endpoint_captioner_sends_frames_spread_over_the_clip(chat_server, tmp_path):
+    clip = _ramp_video(tmp_path / "ramp.mp4")
+    chat_server.answer = "A gray screen slowly brightens."
+    captioner = EndpointCaptioner(chat_server.url, "vision-7b", frames=4, max_side=48)
+    assert captioner.caption_file(clip) == "A gray screen slowly brightens."
+    path, body = chat_server.seen[0]
+    assert path == "/v1/chat/completions" and body["model"] == "vision-7b"
+    images = _sent_images(body)
+    assert len(images) == 4 and all(max(im.size) == 48 for im in images)
+    levels = [np.asarray(im.convert("L")).mean() for im in images]
+    # frames 0, 10, 20, 30 of 40: evenly spread, in order
+    assert levels == sorted(levels) and levels[-1] - levels[0] > 150, levels
+    assert "4 frames" in body["messages"][0]["content"][0]["text"]
+
+
+def test_the_endpoint_captioner_recaptions_and_the_cli_uses_it(chat_server, tmp_path, capsys):
+    clip = _ramp_video(tmp_path / "ramp.mp4", frames=9)
+    image = write_video(tmp_path / "still.png", np.full((1, 32, 32, 3), 200, np.uint8))
+    manifest = tmp_path / "manifest.jsonl"
+    sizes = {clip: (96, 64, 9, 8.0), image: (32, 32, 1, 0.0)}
+    manifest.write_text("".join(json.dumps({
+        "path": p.name, "width": w, "height": h, "frames": t, "fps": fps,
+        "captions": {"short": "x"}}) + "\n" for p, (w, h, t, fps) in sizes.items()))  # fmt: skip
+    chat_server.answer = "A described clip."
+    out = tmp_path / "new.jsonl"
+    assert main(["recaption", str(manifest), "--out", str(out), "--endpoint", chat_server.url,
+                 "--model", "vision-7b"]) == 0  # fmt: skip
+    records = read_manifest(out)
+    assert [r.captions for r in records] == [{"short": "x", GENERATED: "A described clip."}] * 2
+    assert records[0].extra["generated_by"] == f"vision-7b at {chat_server.url}"
+    assert len(_sent_images(chat_server.seen[-1][1])) == 1  # an image is one frame
+    capsys.readouterr()
+    assert main(["caption", str(clip), "--endpoint", chat_server.url, "--model", "m"]) == 0
+    assert capsys.readouterr().out == f"{clip}: A described clip.\n"
+    assert main(["caption", str(clip), "--endpoint", chat_server.url]) == 2
+    assert "--endpoint needs --model" in capsys.readouterr().err
+
+
+def test_the_endpoint_captioner_says_what_went_wrong(chat_server, tmp_path):
+    clip = _ramp_video(tmp_path / "ramp.mp4", frames=9)
+    chat_server.answer = b'{"error": "model does not take images"}'
+    with pytest.raises(ValueError, match="not a chat completion"):
+        EndpointCaptioner(chat_server.url, "m").caption_file(clip)
+    chat_server.answer, chat_server.delay = "late", 2.0
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="captioning endpoint .* did not answer after 2 tries"):
+        EndpointCaptioner(chat_server.url, "m", timeout=0.3, retries=1).caption_file(clip)
+    assert time.monotonic() - start < 5
+    down = chat_server.down_url()
+    with pytest.raises(ValueError, match="check that the server runs"):
+        EndpointCaptioner(down, "m", timeout=1, retries=0).caption_file(clip)
+    with pytest.raises(ValueError, match="must start with http"):
+        EndpointCaptioner("localhost:8000/v1", "m")

@@ -1,11 +1,6 @@
 """Prompt expansion: the offline expander, the chat-endpoint client, the pipeline and the CLI."""
 
-import json
-import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
 
 import pytest
 import torch
@@ -79,50 +74,14 @@ def test_the_pipeline_expands_prompts_when_asked(expander):
 
 
 # ---------------------------------------------------------------------------------------------
-# A chat endpoint, served in the test
+# A chat endpoint, served in the test (conftest's `chat_server`)
 
 
-class _Chat(BaseHTTPRequestHandler):
-    answer: object = None  # what to answer: a string (the caption), bytes (raw) or a delay
-    delay = 0.0
-    seen: ClassVar[list] = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).seen.append((self.path, body))
-        time.sleep(self.delay)
-        answer = self.answer
-        data = answer if isinstance(answer, bytes) else json.dumps(
-            {"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()  # fmt: skip
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-class _QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request, client_address):
-        pass  # a client that timed out and left: its broken pipe is expected
-
-
-@pytest.fixture
-def server():
-    httpd = _QuietServer(("127.0.0.1", 0), _Chat)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    _Chat.delay, _Chat.seen = 0.0, []
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-
-
-def test_chat_expander_speaks_the_protocol(server):
-    _Chat.answer = "a small red circle moves right across a black background"
-    chat = ChatExpander(server, "world-writer")
-    assert chat.expand("red circle going right", seed=3) == _Chat.answer
-    path, body = _Chat.seen[0]
+def test_chat_expander_speaks_the_protocol(chat_server):
+    chat_server.answer = "a small red circle moves right across a black background"
+    chat = ChatExpander(chat_server.url, "world-writer")
+    assert chat.expand("red circle going right", seed=3) == chat_server.answer
+    path, body = chat_server.seen[0]
     assert path == "/v1/chat/completions" and body["model"] == "world-writer"
     assert body["seed"] == 3 and body["messages"][0]["role"] == "system"
     assert body["messages"][-1] == {"role": "user", "content": "red circle going right"}
@@ -133,24 +92,23 @@ def test_chat_expander_speaks_the_protocol(server):
     [
         (b"<html>not json</html>", "did not answer JSON"),
         (b'{"error": "no such model"}', "not a chat completion"),
+        ("", "empty message"),
         ("a large blue square falls", "drops what the prompt said"),
     ],
 )
-def test_chat_expander_refuses_garbage_answers(server, answer, message):
-    _Chat.answer = answer
+def test_chat_expander_refuses_garbage_answers(chat_server, answer, message):
+    chat_server.answer = answer
     with pytest.raises(ValueError, match=message):
-        ChatExpander(server, "m").expand("a red circle moving right")
+        ChatExpander(chat_server.url, "m").expand("a red circle moving right")
 
 
-def test_chat_expander_times_out_and_names_a_server_that_is_down(server):
-    _Chat.answer, _Chat.delay = "a small red circle moves right", 2.0
+def test_chat_expander_times_out_and_names_a_server_that_is_down(chat_server):
+    chat_server.answer, chat_server.delay = "a small red circle moves right", 2.0
     start = time.monotonic()
     with pytest.raises(ValueError, match="did not answer after 2 tries"):
-        ChatExpander(server, "m", timeout=0.3, retries=1).expand("a red circle")
+        ChatExpander(chat_server.url, "m", timeout=0.3, retries=1).expand("a red circle")
     assert time.monotonic() - start < 5
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        down = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    down = chat_server.down_url()
     with pytest.raises(ValueError, match=f"{down}.*check that the server runs"):
         ChatExpander(down, "m", timeout=1, retries=0).expand("a red circle")
 

@@ -1,7 +1,11 @@
-"""Captioning files and manifests with a trained captioner.
+"""Captioning files and manifests: the trained world captioner or a vision endpoint.
 
-- `caption_files(captioner, paths)`: (path, caption) for each video or image, read and encoded
-  by the captioner's VAE.
+Both captioners caption a file (`FileCaptioner.caption_file`): `WorldCaptioner` reads the
+first frames the trained captioner saw in training and encodes them with its VAE;
+`EndpointCaptioner` (`captioner/endpoint.py`) sends frames sampled over the whole clip to a
+vision model. A bare `Captioner` passed below is wrapped in a `WorldCaptioner`.
+
+- `caption_files(captioner, paths)`: (path, caption) for each video or image.
 - `recaption(captioner, manifest, out)`: a new manifest whose records keep their captions and
   gain a generated one (`captions["generated"]`, marked in `extra["generated_by"]`). It writes
   record by record, so a killed job continues where it stopped when run again with the same
@@ -14,6 +18,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from tqdm import tqdm
@@ -52,23 +57,51 @@ def captioner_vae(captioner: Captioner) -> VideoVAE:
     return load_vae(BUNDLED.get(name, name))
 
 
+class FileCaptioner(Protocol):
+    """Anything that captions a video or image file; `name` marks its captions."""
+
+    name: str
+
+    def caption_file(self, path: str | os.PathLike) -> str: ...
+
+
+class WorldCaptioner:
+    """The trained captioner over the latents of the VAE it was trained on (its meta names
+    it), of the first frames it saw in training."""
+
+    name = "kinetoscope captioner"
+
+    def __init__(self, captioner: Captioner, vae: VideoVAE | None = None) -> None:
+        self.captioner = captioner
+        self.vae = vae or captioner_vae(captioner)
+        self.frames = 1 + 4 * (captioner.config.max_latent_frames - 1)
+
+    def caption_file(self, path: str | os.PathLike) -> str:
+        [text] = self.captioner.caption([_latent(self.vae, path, self.frames)])
+        return text
+
+
+def _file_captioner(captioner: Captioner | FileCaptioner, vae: VideoVAE | None) -> FileCaptioner:
+    return WorldCaptioner(captioner, vae) if isinstance(captioner, Captioner) else captioner
+
+
 def caption_files(
-    captioner: Captioner, paths: Sequence[str | os.PathLike], vae: VideoVAE | None = None
+    captioner: Captioner | FileCaptioner,
+    paths: Sequence[str | os.PathLike],
+    vae: VideoVAE | None = None,
 ) -> Iterator[tuple[str, str]]:
     """(path, caption) of each file, in order; ValueError naming a file that cannot be read."""
-    vae = vae or captioner_vae(captioner)
-    frames = 1 + 4 * (captioner.config.max_latent_frames - 1)
+    captioner = _file_captioner(captioner, vae)
     for path in paths:
         try:
-            latent = _latent(vae, path, frames)
+            text = captioner.caption_file(path)
         except VideoReadError as error:
             raise ValueError(str(error)) from None
-        [text] = captioner.caption([latent])
         yield str(path), text
 
 
 def recaption(
-    captioner: Captioner,
+    captioner: Captioner | FileCaptioner,
     manifest: str | os.PathLike,
     out: str | os.PathLike,
     vae: VideoVAE | None = None,
@@ -81,21 +114,20 @@ def recaption(
         raise ValueError(f"--out {out} is the input manifest; write the new one elsewhere")
     records = read_manifest(manifest)
     done = _done(out, records)
-    vae = vae or captioner_vae(captioner)
-    frames = 1 + 4 * (captioner.config.max_latent_frames - 1)
+    captioner = _file_captioner(captioner, vae)
     counts = {"captioned": 0, "kept": done, "skipped": 0}
     root = out.resolve().parent
     with open(out, "a", encoding="utf-8") as handle:
         for record in tqdm(records[done:], desc="recaption", unit="clip", disable=not progress):
             try:
-                [text] = captioner.caption([_latent(vae, record.path, frames)])
+                text = captioner.caption_file(record.path)
             except VideoReadError:
                 counts["skipped"] += 1
                 text = ""
             else:
                 counts["captioned"] += 1
             record.captions = {**record.captions, GENERATED: text}
-            record.extra = {**record.extra, "generated_by": "kinetoscope captioner"}
+            record.extra = {**record.extra, "generated_by": captioner.name}
             handle.write(record_to_json(record, root) + "\n")
             handle.flush()
     return counts
@@ -126,4 +158,4 @@ def _done(out: Path, records) -> int:
     return len(complete)
 
 
-__all__ = ["GENERATED", "caption_files", "recaption"]
+__all__ = ["GENERATED", "FileCaptioner", "WorldCaptioner", "caption_files", "recaption"]

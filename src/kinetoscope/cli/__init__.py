@@ -169,7 +169,15 @@ def _train_captioner(args: argparse.Namespace) -> int:
 
 
 def _captioner(args: argparse.Namespace):
-    """The captioner of --model (the bundled one without it), on --threads threads."""
+    """The captioner the options name: a vision endpoint (--endpoint, --model its model), else
+    the trained captioner of --model (the bundled one without it), on --threads threads."""
+    if args.endpoint:
+        from kinetoscope.captioner.endpoint import EndpointCaptioner
+
+        if not args.model:
+            raise ValueError("--endpoint needs --model: the name the server serves its model under")
+        return EndpointCaptioner(args.endpoint, args.model, frames=args.frames,
+                                 timeout=args.timeout)  # fmt: skip
     import torch
 
     from kinetoscope.captioner import Captioner
@@ -194,6 +202,20 @@ def _recaption(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {done['captioned']} clips captioned now, {done['kept']} kept "
           f"from before, {done['skipped']} unreadable")  # fmt: skip
     return 0
+
+
+def _captioner_options(parser: argparse.ArgumentParser) -> None:
+    """The options of `caption` and `recaption` that choose the captioner."""
+    parser.add_argument("--model", help="captioner folder (default: the bundled one); with "
+                        "--endpoint, the name of the endpoint's vision model")  # fmt: skip
+    parser.add_argument("--endpoint", help="caption real footage with a vision model of this "
+                        "OpenAI-compatible endpoint instead (a vLLM, llama.cpp or Ollama server, "
+                        "e.g. http://localhost:8000/v1)")  # fmt: skip
+    parser.add_argument("--frames", type=_positive_int, default=8,
+                        help="frames sent per clip, spread over it (with --endpoint)")  # fmt: skip
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="seconds to wait for each answer (with --endpoint)")  # fmt: skip
+    parser.add_argument("--threads", type=_positive_int, help="torch CPU threads")
 
 
 def _train_expander(args: argparse.Namespace) -> int:
@@ -498,12 +520,12 @@ def build_parser() -> argparse.ArgumentParser:
     captioner.set_defaults(run=_train_captioner)
 
     caption = sub.add_parser(
-        "caption", help="print a caption for each video (the trained world captioner)",
+        "caption", help="print a caption for each video (the trained world captioner, or a "
+        "vision model of an OpenAI-compatible endpoint for real footage)",
         formatter_class=_DefaultsHelp,
     )  # fmt: skip
     caption.add_argument("videos", nargs="+", help="video or image files")
-    caption.add_argument("--model", help="captioner folder (default: the bundled one)")
-    caption.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    _captioner_options(caption)
     caption.set_defaults(run=_caption)
 
     recaption = sub.add_parser(
@@ -516,8 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recaption.add_argument("manifest", help="manifest.jsonl to caption")
     recaption.add_argument("--out", required=True, help="the new manifest")
-    recaption.add_argument("--model", help="captioner folder (default: the bundled one)")
-    recaption.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    _captioner_options(recaption)
     recaption.set_defaults(run=_recaption)
 
     expander = sub.add_parser(

@@ -23,11 +23,7 @@ Saved as a model folder: `config.json` (the vocabulary) and `model.safetensors` 
 from __future__ import annotations
 
 import difflib
-import json
 import os
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +36,7 @@ from kinetoscope.checkpoint import load_config, load_weights, save_model
 from kinetoscope.data.world import BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, parse_caption
 from kinetoscope.data.world.captions import medium_caption
 from kinetoscope.data.world.parse import ParsedCaption
+from kinetoscope.text.chat import ChatClient
 
 
 class Expander(Protocol):
@@ -159,16 +156,13 @@ def stated_attributes(parsed: ParsedCaption) -> set[tuple]:
 
 
 class ChatExpander:
-    """Prompt expansion by an OpenAI-compatible chat endpoint (`POST {url}/chat/completions`)."""
+    """Prompt expansion by an OpenAI-compatible chat endpoint (`ChatClient`)."""
 
     def __init__(
         self, url: str, model: str, examples: list[tuple[str, str]] | None = None,
         timeout: float = 30.0, retries: int = 2,
     ) -> None:  # fmt: skip
-        self.url = url.rstrip("/")
-        self.model = model
-        self.timeout = timeout
-        self.retries = retries
+        self.chat = ChatClient(url, model, timeout, retries, what="expansion endpoint")
         shots = examples or [
             ("a red circle moving right", "a small red circle moves to the right across a black background"),
             ("blue square falling, gray", "a large blue square falls on a gray background"),
@@ -186,43 +180,14 @@ class ChatExpander:
     def expand(self, prompt: str, seed: int = 0, video: bool = True) -> str:
         """The endpoint's rewrite of `prompt`; ValueError if it is unreachable, answers
         something that is not a chat completion, or drops an attribute the user gave."""
-        body = {"model": self.model, "seed": seed, "temperature": 0.7,
-                "messages": [*self.messages, {"role": "user", "content": prompt}]}  # fmt: skip
-        answer = self._post(body)
-        try:
-            text = str(answer["choices"][0]["message"]["content"]).strip()
-        except (KeyError, IndexError, TypeError):
-            raise ValueError(f"{self.url} answered something that is not a chat completion: "
-                             f"{json.dumps(answer)[:200]}") from None  # fmt: skip
-        if not text or not kept_attributes(prompt, text):
+        messages = [*self.messages, {"role": "user", "content": prompt}]
+        text = self.chat.complete(messages, seed=seed, temperature=0.7)
+        if not kept_attributes(prompt, text):
             raise ValueError(
-                f"{self.url} rewrote {prompt!r} as {text!r}, which drops what the prompt said; "
-                "use the offline expander or another model"
+                f"{self.chat.url} rewrote {prompt!r} as {text!r}, which drops what the prompt "
+                "said; use the offline expander or another model"
             )
         return text
-
-    def _post(self, body: dict) -> dict:
-        request = urllib.request.Request(
-            f"{self.url}/chat/completions", data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"}, method="POST",
-        )  # fmt: skip
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read().decode("utf-8"))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{self.url} did not answer JSON ({error})") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-                last = error
-                if isinstance(error, urllib.error.HTTPError) and error.code < 500:
-                    break  # a client error will not change on retry
-                time.sleep(min(2.0**attempt * 0.2, 2.0))
-        raise ValueError(
-            f"the expansion endpoint {self.url} did not answer after {self.retries + 1} tries "
-            f"({getattr(last, 'reason', last)}); check that the server runs and the URL ends "
-            "before /chat/completions (e.g. http://localhost:8000/v1)"
-        )
 
 
 __all__ = ["BUNDLED_EXPANDER", "ChatExpander", "Expander", "ExpanderConfig", "PromptExpander",
