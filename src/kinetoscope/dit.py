@@ -183,6 +183,10 @@ DIT_PRESETS: dict[str, DiTConfig] = {
     # Tests: milliseconds per step on a CPU.
     "tiny": DiTConfig(latent_channels=4, hidden_size=64, depth=2, num_heads=4, text_dim=32),
     # CPU-sized, for 16-channel latents (step times in docs/benchmarks.md, "DiT training step").
+    # mini-fine is mini with 1x1x1 patches: a token covers 8x8 pixels instead of 16x16, so on
+    # the world's 48-128 px canvases an object spans several tokens and its motion is a shift
+    # of whole tokens rather than a change inside one (4x mini's tokens for the same clip).
+    "mini-fine": DiTConfig(hidden_size=256, depth=6, num_heads=4, patch=(1, 1, 1)),
     "mini": DiTConfig(hidden_size=256, depth=6, num_heads=4),
     # DiT's S, B, L and XL sizes (Peebles and Xie 2023), plus cross-attention: GPU training.
     "small": DiTConfig(hidden_size=384, depth=12, num_heads=6),
