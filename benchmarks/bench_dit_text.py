@@ -1,4 +1,4 @@
-"""DiT training-step throughput as clips per step grow: each sequence's own text vs the batch's.
+"""DiT training-step throughput as clips per step grow: each token's own prompt vs more text.
 
 The `mini` preset (16 latent channels, text width 384) on 64x64 clips of 17 frames, i.e.
 latents 16 x 5 x 8 x 8 from an 8x spatial, 4x temporal VAE: 80 tokens each with patch
@@ -7,10 +7,12 @@ of clips per step, packed into one sequence or into sequences of `--per-sequence
 forward + backward of the flow loss in fp32, timed as the median of `--steps` steps after a
 warm-up. Two models with the same weights take turns step by step:
 
-- after: `kinetoscope.dit.DiT` as it is (each sequence gathers its own samples' text rows);
-- before: `kinetoscope/dit.py` at the git revision `--before` (e.g. the one before the
-  per-sequence gather, where every sequence attends over the batch's B*S text tokens under a
-  boolean mask), loaded from `git show`.
+- after: `kinetoscope.dit.DiT` as it is (each run of a sample's tokens attends to the unmasked
+  tokens of its own prompt only, `kinetoscope.nn.text_cross_attention`);
+- before: `kinetoscope/dit.py` at the git revision `--before`, loaded from `git show`: at
+  1347880 every sequence gathered the text rows of its own samples into R*S keys under a
+  boolean mask (R the most samples in a sequence); at 6d03a5f every sequence attended over
+  the batch's B*S text tokens.
 
     python benchmarks/bench_dit_text.py --before REV [--clips 1 8 32] [--per-sequence 4]
         [--steps 3] [--threads 1] [--record]
@@ -30,7 +32,7 @@ from pathlib import Path
 import torch
 
 from kinetoscope.diffusion import flow_loss, interpolate, token_timesteps, velocity_target
-from kinetoscope.dit import DIT_PRESETS, DiT, sequence_text
+from kinetoscope.dit import DIT_PRESETS, DiT
 from kinetoscope.patches import pack
 from record import markdown_table, record_or_print
 
@@ -123,13 +125,13 @@ def main() -> None:
                 steps[name], packed, text_mask = step_function(net, clips, per_sequence)
             seconds = time_pair(steps, args.steps)
             real = sum(packed.lengths)
-            rows_used = sequence_text(packed.sample_index, text_mask)[0].shape[1]  # R
+            most = max(len(samples) for samples in packed.sequences)  # R
             speed = {name: real / s for name, s in seconds.items()}
             rows.append(
                 [
                     clips,
                     f"{len(packed.sequences)} x {packed.sequence_length}",
-                    f"{clips * TEXT_TOKENS} / {rows_used * TEXT_TOKENS}",
+                    f"{most * TEXT_TOKENS} / {int(text_mask.sum(1).max())}",
                     f"{speed['before']:,.0f}",
                     f"{speed['after']:,.0f}",
                     f"{speed['after'] / speed['before']:.2f}x",
@@ -142,7 +144,7 @@ def main() -> None:
         [
             "clips / step",
             "sequences x L",
-            "text keys per token, before / after",
+            "text keys per token: before (R*S) / after (most)",
             "tokens/s before",
             "tokens/s after",
             "speed-up",
@@ -152,21 +154,18 @@ def main() -> None:
     threads = torch.get_num_threads()
     body = (
         "Training-step throughput of the `mini` preset (fp32, one forward + backward of the flow "
-        "loss) as clips per step grow, before and after cross-attention gathered each "
-        "sequence's own text rows. Before, every packed sequence attended over the whole "
-        "batch's text (B*S keys per token, masked); after, over the text of its own samples "
-        "(R*S, R the most samples in a sequence). Clips are 64x64 x 17 frames (latents "
-        f"{' x '.join(map(str, LATENT))}, 80 tokens each with patch (1, 2, 2)); captions are 20 "
-        f"to 40 tokens of width 384, padded to S = {TEXT_TOKENS}. Each row packs its clips into "
-        f"one sequence or into sequences of {args.per_sequence} clips; tokens/s counts real "
-        f"tokens, the median of {args.steps} steps after a warm-up, with the two models (same "
-        f"weights; 'before' is `src/kinetoscope/dit.py` at `{args.before}`) taking turns. "
-        f"Timed with {threads} torch thread{'s' * (threads > 1)} while other work shared the "
-        f"machine (load average {load_before:.1f} at the start, {load_after:.1f} at the end): "
-        f"compare the columns of one row, not these numbers with other sections.\n\n{table}\n\n"
-        "Within one sequence nothing changes (R = B: all the text is that sequence's, and "
-        "self-attention is dense over the whole sequence too). Spread over sequences, a "
-        "token's text keys stay at its own sequence's whatever the number of sequences."
+        "loss) as clips per step grow. Before: every packed sequence gathered its own samples' "
+        "text rows and each token attended over all of them (R*S keys, R the most samples in a "
+        "sequence, masked to its own row). After: each run of a sample's tokens attends to the "
+        "unmasked tokens of its own prompt only (at most S, no mask). Clips are 64x64 x 17 "
+        f"frames (latents {' x '.join(map(str, LATENT))}, 80 tokens each with patch (1, 2, 2)); "
+        f"captions are 20 to 40 tokens of width 384, padded to S = {TEXT_TOKENS}. Each row packs "
+        f"its clips into one sequence or into sequences of {args.per_sequence} clips; tokens/s "
+        f"counts real tokens, the median of {args.steps} steps after a warm-up, with the two "
+        f"models (same weights; 'before' is `src/kinetoscope/dit.py` at `{args.before}`) taking "
+        f"turns. Timed with {threads} torch thread{'s' * (threads > 1)} while other work shared "
+        f"the machine (load average {load_before:.1f} at the start, {load_after:.1f} at the "
+        f"end): compare the columns of one row, not these numbers with other sections.\n\n{table}"
     )
     record_or_print(
         "dit-text", "DiT training step: text per sequence", body, "bench_dit_text.py", args.record

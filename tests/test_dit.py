@@ -17,7 +17,8 @@ from kinetoscope.diffusion import (
     training_timesteps,
     velocity_target,
 )
-from kinetoscope.dit import DIT_PRESETS, DiT, DiTConfig, sequence_text
+from kinetoscope.dit import DIT_PRESETS, DiT, DiTConfig
+from kinetoscope.nn import masked_attention, text_cross_attention, text_runs
 from kinetoscope.patches import block_attention_mask, pack
 
 TINY = DIT_PRESETS["tiny"]  # 4 latent channels, patch (1, 2, 2): tokens of width 16
@@ -107,7 +108,7 @@ def test_flops_per_token_matches_a_flop_counter(variant):
     config = dataclasses.replace(TINY, **variant)
     model = DiT(config)
     g = _gen(0)
-    # One sequence of 18 + 8 tokens; its two samples read the two text rows (text_len 2 x 5).
+    # One sequence of 18 + 8 tokens; each sample reads its own text row of 5 (10 in all).
     latents = [torch.randn(4, 3, 4, 6, generator=g), torch.randn(4, 2, 4, 4, generator=g)]
     packed = pack(latents, token_budget=26)
     seq_len = packed.sequence_length
@@ -120,7 +121,7 @@ def test_flops_per_token_matches_a_flop_counter(variant):
         with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
             model(packed.tokens, packed.coords, t, text, text_mask, attention_mask=mask)
         counted.append(counter.get_total_flops())
-    expected = model.flops_per_token(seq_len, text_len=10) * seq_len
+    expected = model.flops_per_token(seq_len, text_len=5, sequence_text=10) * seq_len
     assert abs(counted[0] - expected) <= seq_len  # integer division of the text part per token
     # Packed attention skips the other sample's keys: 4 D depth (L^2 - sum L_i^2) fewer.
     skipped = 4 * config.hidden_size * config.depth * (seq_len**2 - 18**2 - 8**2)
@@ -234,13 +235,23 @@ def test_a_sample_without_text_is_finite_and_the_same_as_no_text_row():
     _close(out, direct)
 
 
-def _flattened_text(sample_index, text_mask):
-    """The former layout, as a reference: every sequence reads all B*S text tokens, masked."""
-    (n, _), (b, s) = sample_index.shape, text_mask.shape
+def _flattened_cross_attention(q, k, v, runs):
+    """A reference: every token reads all B*S text tokens under a mask of its own row's
+    unmasked tokens (the former layout); tokens that see none get zeros."""
+    (b, _, s, _), n = k.shape, q.shape[0]
+    own_row = torch.tensor([[row for length, row in zip(lengths, rows, strict=True)
+                             for _ in range(length)]
+                            for lengths, rows in zip(runs.lengths, runs.rows, strict=True)])  # fmt: skip
+    visible = torch.zeros(b, s, dtype=torch.bool)
+    for row, positions in enumerate(runs.visible):
+        visible[row, list(positions)] = True
     key_row = torch.arange(b).repeat_interleave(s)  # (B*S,)
-    mask = (sample_index[..., None] == key_row) & text_mask.reshape(-1)  # (N, L, B*S)
+    mask = (own_row[..., None] == key_row) & visible.reshape(-1)  # (N, L, B*S)
     gate = mask.any(dim=-1, keepdim=True)  # (N, L, 1)
-    return torch.arange(b).expand(n, b), mask | ~gate, gate
+    flat_k, flat_v = (x.transpose(0, 1).reshape(1, x.shape[1], b * s, -1) for x in (k, v))
+    out = masked_attention(q, flat_k.expand(n, -1, -1, -1), flat_v.expand(n, -1, -1, -1),
+                           (mask | ~gate)[:, None])  # fmt: skip
+    return out * gate[:, None].to(out.dtype)
 
 
 def _text_cases():
@@ -264,44 +275,44 @@ def _text_cases():
     yield "unused text rows", packed, t, extra, extra_mask, packed.sample_index
 
 
-def test_per_sequence_text_gives_the_flattened_texts_velocities(monkeypatch):
+def test_per_run_text_attention_gives_the_flattened_texts_velocities(monkeypatch):
     model = _random_model()
     for name, packed, t, text, text_mask, index in _text_cases():
         args = (packed.tokens, packed.coords, t, text, text_mask, index)
         with torch.no_grad():
             out = model(*args)
             with monkeypatch.context() as patch:
-                patch.setattr(dit_module, "sequence_text", _flattened_text)
+                patch.setattr(dit_module, "text_cross_attention", _flattened_cross_attention)
                 reference = model(*args)
         assert torch.isfinite(out).all(), name
         valid = packed.valid_mask
         torch.testing.assert_close(out[valid], reference[valid], rtol=1e-5, atol=1e-5, msg=name)
 
 
-def test_per_sequence_text_gives_the_flattened_texts_gradients(monkeypatch):
+def test_per_run_text_attention_gives_the_flattened_texts_gradients(monkeypatch):
     packed, t, text, text_mask = _batch()
     grads = []
-    for layout in (sequence_text, _flattened_text):
+    for attention in (text_cross_attention, _flattened_cross_attention):
         model = _random_model().train()
-        monkeypatch.setattr(dit_module, "sequence_text", layout)
+        monkeypatch.setattr(dit_module, "text_cross_attention", attention)
         model.forward_packed(packed.tokens, t, packed, text, text_mask).square().mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     _close(grads[0], grads[1])
 
 
-def test_each_sequence_gathers_only_its_own_text_rows():
-    packed, _, _, text_mask = _batch()  # sequences [[0, 3], [1, 2]], S = 6
-    rows, mask, gate = sequence_text(packed.sample_index, text_mask)
-    assert rows.tolist() == [[0, 3], [1, 2]]
-    assert mask.shape == (2, 16, 12)  # R*S = 12 keys per token, not B*S = 24
-    assert torch.equal(gate[..., 0], packed.valid_mask)  # only padding sees no text
-    # Uneven sequences are padded with rows no token sees; a sequence with no text sees none.
-    packed = pack([torch.randn(*s) for s in SHAPES], token_budget=24, num_sequences=3)
-    assert packed.sequences == [[0, 1, 3], [2], []]
-    rows, mask, gate = sequence_text(packed.sample_index, text_mask)
-    assert rows.shape == (3, 3) and rows[:2, :1].tolist() == [[0], [2]]
-    own = packed.sample_index[1] == 2
-    assert mask[1, own, 6:].sum() == 0 and not gate[2].any()
+def test_text_runs_follow_the_samples_and_their_unmasked_text():
+    packed, _, _, text_mask = _batch(text_lengths=(6, 0, 4, 5))  # sequences [[0, 3], [1, 2]]
+    runs = text_runs(packed.sample_index, text_mask)
+    assert [list(rows[:2]) for rows in runs.rows] == [[0, 3], [1, 2]]  # then any padding
+    assert all(row == -1 for rows in runs.rows for row in rows[2:])
+    assert [sum(lengths) for lengths in runs.lengths] == [16, 16]
+    first = packed.sample_index[0]
+    assert list(runs.lengths[0][:2]) == [int((first == 0).sum()), int((first == 3).sum())]
+    assert runs.visible == ((0, 1, 2, 3, 4, 5), (), (0, 1, 2, 3), (0, 1, 2, 3, 4))
+    # A row may recur: two samples sharing one prompt read the same row, in any sequence.
+    shared = torch.tensor([[0, 0, 1, 1, 0, -1]])
+    runs = text_runs(shared, torch.ones(2, 3, dtype=torch.bool))
+    assert runs.rows == ((0, 1, 0, -1),) and runs.lengths == ((2, 2, 1, 1),)
 
 
 def test_a_tokens_output_ignores_the_text_of_other_sequences():

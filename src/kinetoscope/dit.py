@@ -27,15 +27,13 @@ Design, in the order a token meets it:
   and `kinetoscope.nn.packed_attention` attends inside each one (varlen or flex attention on
   a GPU, SDPA per segment on a CPU), so no (L, L) mask is built and attention costs the sum of
   the samples' squared lengths, not L^2.
-- Cross-attention to the text of the token's own sample, gathered per sequence. The text is
-  embedded, and projected to keys and values in each block, once per text token on its
-  (B, S) rows; each packed sequence then gathers the rows of its own samples into R*S keys,
-  R the most samples any sequence holds (a sequence with fewer gets masked padding rows),
-  and a boolean mask (N, L, R*S) lets a token see the unmasked text tokens of its row
-  (`sample_index`). So a token's cost grows with the text of its sequence's samples, not
-  with the batch's B*S: more sequences per step do not make every token more expensive.
-  Finding R takes one host sync per forward (a graph break under torch.compile). Tokens
-  with no visible text (padding, empty prompts) get a zero text branch.
+- Cross-attention to the text of the token's own sample. The text is embedded, and projected
+  to keys and values in each block, once per text token on its (B, S) rows; each run of
+  tokens that reads one row (`sample_index`) then attends to that row's unmasked tokens only
+  (`kinetoscope.nn.text_cross_attention`, one SDPA per run), so a token's cost is its own
+  prompt's length, whatever else its sequence or batch holds, and no mask is built. Finding
+  the runs takes one host sync per forward (a graph break under torch.compile). Tokens with
+  no visible text (padding, empty prompts) get a zero text branch.
 - MLP (GELU-tanh, see `kinetoscope.nn.MLP`), then a modulated final norm and a linear layer
   to the token width.
 """
@@ -54,6 +52,7 @@ from kinetoscope.nn import (
     MLPKind,
     PackedSegments,
     RMSNorm,
+    TextRuns,
     TimestepEmbedder,
     apply_rope,
     masked_attention,
@@ -62,6 +61,8 @@ from kinetoscope.nn import (
     packed_segments,
     rope_3d,
     rope_split,
+    text_cross_attention,
+    text_runs,
 )
 from kinetoscope.patches import DEFAULT_PATCH, PackedBatch
 
@@ -142,27 +143,30 @@ class DiTConfig:
             + 2 * d + d * din + din  # final table and linear
         )  # fmt: skip
 
-    def flops_per_token(self, seq_len: int, text_len: int = 0) -> int:
+    def flops_per_token(
+        self, seq_len: int, text_len: int = 0, sequence_text: int | None = None
+    ) -> int:
         """Forward matmul FLOPs per token in a sequence of `seq_len` tokens (x3 for a training
-        step), attending to `text_len` text tokens: the text of the sequence's own samples
-        (R*S, R text rows of S tokens, padding included; see `sequence_text`).
+        step), each attending to the `text_len` tokens of its own prompt, the sequence's
+        samples holding `sequence_text` text tokens in all (default `text_len`: one sample).
 
         Counts every matmul a token goes through, 2 FLOPs per multiply-add: the linear layers,
         attention scores and weighted sums over `seq_len` keys and `text_len` text keys, and
-        the text projection and text keys/values of those `text_len` tokens, spread over the
-        sequence's tokens (exact when every text row passed belongs to a sample of the
-        sequence). Norms, RoPE, softmax and element-wise ops are left out. Self-attention
-        computes only the keys of a token's own sample (`kinetoscope.nn.packed_attention`), so
-        the count is exact for one sample per sequence, or under a dense attention_mask; a
-        sequence of L tokens packed from samples of L_i tokens does 4 D depth (L^2 - sum L_i^2)
-        fewer FLOPs than L times this count at seq_len = L.
+        the text projection and text keys/values of the `sequence_text` tokens, spread over the
+        sequence's tokens. Norms, RoPE, softmax and element-wise ops are left out.
+        Self-attention computes only the keys of a token's own sample
+        (`kinetoscope.nn.packed_attention`), so the count is exact for one sample per
+        sequence, or under a dense attention_mask; a sequence of L tokens packed from samples
+        of L_i tokens does 4 D depth (L^2 - sum L_i^2) fewer FLOPs than L times this count at
+        seq_len = L.
         """
+        sequence_text = text_len if sequence_text is None else sequence_text
         d, din, f, h = self.hidden_size, self.in_channels, self.frequency_dim, self.mlp_hidden
         mlp = (3 if self.mlp == "swiglu" else 2) * d * h
         per_token = din * d + f * d + d * d + 6 * d * d + d * din  # embed, t, adaLN, final
         per_token += self.depth * (6 * d * d + mlp)  # qkv, out, cross q and out, MLP
         attention = self.depth * 2 * d * (seq_len + text_len)  # q k^T and p v, self and cross
-        text = text_len * (self.text_dim * d + d * d + self.depth * 2 * d * d)  # per sequence
+        text = sequence_text * (self.text_dim * d + d * d + self.depth * 2 * d * d)  # per sequence
         return 2 * (per_token + attention) + 2 * text // max(seq_len, 1)
 
 
@@ -232,7 +236,7 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Multi-head attention from tokens to their sequence's own text rows, under a boolean mask."""
+    """Multi-head attention from tokens to the text row of their own sample (`TextRuns`)."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
         super().__init__()
@@ -244,14 +248,13 @@ class CrossAttention(nn.Module):
         self.k_norm = RMSNorm(head_dim, eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, text: Tensor, rows: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, text: Tensor, runs: TextRuns) -> Tensor:
         n, seq, dim = x.shape
         q = self.q(x).view(n, seq, self.num_heads, -1).transpose(1, 2)  # (N, H, L, Dh)
-        kv = self.kv(text)[rows]  # (N, R, S, 2D): each text token projected once, then gathered
-        kv = kv.flatten(1, 2).unflatten(-1, (2, self.num_heads, -1))  # (N, R*S, 2, H, Dh)
-        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # (N, H, R*S, Dh) each
+        kv = self.kv(text).unflatten(-1, (2, self.num_heads, -1))  # (B, S, 2, H, Dh)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, S, Dh) each: every text token once
         q, k = self.q_norm(q), self.k_norm(k)
-        out = masked_attention(q, k, v, mask)  # (N, H, L, Dh)
+        out = text_cross_attention(q, k, v, runs)  # (N, H, L, Dh)
         return self.proj(out.transpose(1, 2).reshape(n, seq, dim))  # (N, L, D)
 
 
@@ -279,14 +282,12 @@ class DiTBlock(nn.Module):
         sin: Tensor,
         attend: PackedSegments | Tensor,
         text: Tensor,
-        text_rows: Tensor,
-        cross_mask: Tensor,
-        text_gate: Tensor,
+        runs: TextRuns,
     ) -> Tensor:
         mod = mod + self.modulation.to(mod.dtype)  # (N, L, 6, D)
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(2)  # (N, L, D) each
         x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin, attend)
-        x = x + text_gate * self.cross_attn(self.norm2(x), text, text_rows, cross_mask)
+        x = x + self.cross_attn(self.norm2(x), text, runs)
         return x + gate2 * self.mlp(modulate(self.norm3(x), shift2, scale2))  # (N, L, D)
 
 
@@ -306,34 +307,6 @@ class FinalLayer(nn.Module):
 
 # ---------------------------------------------------------------------------------------------
 # The model
-
-
-def sequence_text(sample_index: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The text rows each sequence attends to, its cross-attention mask and a no-text gate.
-
-    sample_index (N, L): the text row of each token (-1 for none); text_mask (B, S) bool.
-    Sequence n uses the distinct rows its tokens name, in increasing order; R is the most
-    any sequence uses (at least 1) and a sequence with fewer is padded with rows no token
-    sees. Returns rows (N, R) into the text; mask (N, L, R*S) over the gathered text, True
-    where a token may see a text token (its own row and unmasked); gate (N, L, 1) bool, False
-    where a token sees none. Such rows are opened to every key (no kernel then meets an
-    all-False row) and the gate zeroes their output.
-    """
-    (n, _), (b, s) = sample_index.shape, text_mask.shape
-    used = torch.zeros(n, b + 1, dtype=torch.bool, device=sample_index.device)
-    used = used.scatter_(1, sample_index.clamp(min=-1) + 1, True)[:, 1:]  # (N, B): rows in use
-    # R is a shape, so it is read on the host: one sync per forward (under torch.compile, a
-    # graph break; every other step keeps to tensors).
-    r = max(1, int(used.sum(1).max()))
-    rows = torch.argsort(~used, dim=1, stable=True)[:, :r]  # (N, R): used rows first, in order
-    slot = used.cumsum(1) - 1  # (N, B): a used row's place among its sequence's rows
-    own_slot = slot.gather(1, sample_index.clamp(min=0))  # (N, L)
-    own_slot = own_slot.masked_fill(sample_index < 0, -1)  # (N, L); -1: no text row
-    key_slot = torch.arange(r, device=rows.device).repeat_interleave(s)  # (R*S,)
-    visible = text_mask[rows].flatten(1)  # (N, R*S)
-    mask = (own_slot[..., None] == key_slot) & visible[:, None]  # (N, L, R*S)
-    gate = mask.any(dim=-1, keepdim=True)  # (N, L, 1)
-    return rows, mask | ~gate, gate
 
 
 class DiT(nn.Module):
@@ -388,9 +361,11 @@ class DiT(nn.Module):
         """Number of parameters."""
         return sum(p.numel() for p in self.parameters())
 
-    def flops_per_token(self, seq_len: int, text_len: int = 0) -> int:
+    def flops_per_token(
+        self, seq_len: int, text_len: int = 0, sequence_text: int | None = None
+    ) -> int:
         """Forward FLOPs per token; see `DiTConfig.flops_per_token`."""
-        return self.config.flops_per_token(seq_len, text_len)
+        return self.config.flops_per_token(seq_len, text_len, sequence_text)
 
     def _check_inputs(
         self,
@@ -479,12 +454,10 @@ class DiT(nn.Module):
         mod = self.t_modulation(c).unflatten(-1, (6, cfg.hidden_size))  # (N, L, 6, D)
         cos, sin = rope_3d(coords[..., 1:], cfg.head_dim, cfg.rope_theta, cfg.rope_split)
         cos, sin = cos[:, None], sin[:, None]  # (N, 1, L, Dh/2): shared by the heads
-        y = self.text_embedder(text)  # (B, S, D): each text token once; blocks gather per sequence
-        # Each sequence's own text rows (N, R), the mask over them (N, L, R*S), gate (N, L, 1).
-        rows, cross_mask, has_text = sequence_text(sample_index, text_mask.bool())
-        text_gate = has_text.to(x.dtype)  # (N, L, 1)
+        y = self.text_embedder(text)  # (B, S, D): each text token once
+        runs = text_runs(sample_index, text_mask)  # the tokens of each text row, read once
         for block in self.blocks:
-            args = (x, mod, cos, sin, attend, y, rows, cross_mask, text_gate)
+            args = (x, mod, cos, sin, attend, y, runs)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, *args, use_reentrant=False)  # (N, L, D)
             else:
@@ -502,4 +475,4 @@ class DiT(nn.Module):
         return self(x, packed.coords, t, text, text_mask, packed.sample_index)
 
 
-__all__ = ["DIT_PRESETS", "DiT", "DiTBlock", "DiTConfig", "sequence_text"]
+__all__ = ["DIT_PRESETS", "DiT", "DiTBlock", "DiTConfig"]

@@ -412,11 +412,72 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
+@dataclass(frozen=True)
+class TextRuns:
+    """Runs of tokens that read the same text row, per packed sequence: what cross-attention
+    attends over (`text_cross_attention`). Built by `text_runs`, shared by every layer."""
+
+    lengths: tuple[tuple[int, ...], ...]  # per sequence: its runs' lengths, summing to L
+    rows: tuple[tuple[int, ...], ...]  # per sequence and run: its text row, -1 for none
+    visible: tuple[tuple[int, ...], ...]  # per text row: the positions of its unmasked tokens
+
+
+def text_runs(sample_index: Tensor, text_mask: Tensor) -> TextRuns:
+    """The runs of equal text rows in sample_index (N, L) (-1: no text) and each row's unmasked
+    tokens in text_mask (B, S). Read on the host: one device sync, so call it once per forward.
+    A row may recur in several runs and sequences (samples sharing a prompt)."""
+    n, length = sample_index.shape
+    ids = sample_index.detach().long().cpu()  # (N, L)
+    change = torch.ones(n, length, dtype=torch.bool)
+    change[:, 1:] = ids[:, 1:] != ids[:, :-1]  # a run starts at each sequence and each change
+    starts = change.flatten().nonzero().squeeze(1)  # (R,) flat start of every run
+    lengths = torch.diff(starts, append=torch.tensor([n * length]))  # (R,)
+    per_sequence = torch.bincount(starts // max(length, 1), minlength=n).tolist()
+    rows = ids.flatten()[starts].clamp(min=-1)  # (R,)
+    mask = text_mask.detach().bool().cpu()  # (B, S)
+    return TextRuns(
+        lengths=tuple(tuple(part.tolist()) for part in lengths.split(per_sequence)),
+        rows=tuple(tuple(part.tolist()) for part in rows.split(per_sequence)),
+        visible=tuple(tuple(row.nonzero().squeeze(1).tolist()) for row in mask),
+    )
+
+
+def text_cross_attention(q: Tensor, k: Tensor, v: Tensor, runs: TextRuns) -> Tensor:
+    """Attention of tokens q (N, H, L, Dh) to text keys and values k, v (B, H, S, Dh): each run
+    of tokens attends to the unmasked tokens of its own text row only, so a token's cost is its
+    row's S keys whatever else its sequence holds. Runs with no row, or a row with no unmasked
+    token, output zeros. One SDPA per run (a row's keys are sliced once per call)."""
+    keys: dict[int, tuple[Tensor, Tensor] | None] = {}
+
+    def row_keys(row: int) -> tuple[Tensor, Tensor] | None:
+        if row not in keys:
+            visible = runs.visible[row] if row >= 0 else ()
+            if not visible:
+                keys[row] = None
+            elif len(visible) == k.shape[2]:
+                keys[row] = (k[row : row + 1], v[row : row + 1])  # (1, H, S, Dh) views
+            else:
+                index = torch.tensor(visible, device=k.device)
+                keys[row] = (k[row : row + 1, :, index], v[row : row + 1, :, index])
+        return keys[row]
+
+    out = []
+    for n, (lengths, rows) in enumerate(zip(runs.lengths, runs.rows, strict=True)):
+        pieces = []
+        for qs, row in zip(q[n : n + 1].split(lengths, 2), rows, strict=True):  # (1, H, Li, Dh)
+            kv = row_keys(row)
+            pieces.append(torch.zeros_like(qs) if kv is None else F.scaled_dot_product_attention(
+                qs, kv[0].to(qs.dtype), kv[1].to(qs.dtype)))  # fmt: skip
+        out.append(torch.cat(pieces, dim=2))  # (1, H, L, Dh)
+    return torch.cat(out)  # (N, H, L, Dh)
+
+
 __all__ = [
     "MLP",
     "MLPKind",
     "PackedSegments",
     "RMSNorm",
+    "TextRuns",
     "TimestepEmbedder",
     "apply_rope",
     "attention_kernel",
@@ -426,6 +487,8 @@ __all__ = [
     "packed_segments",
     "rope_3d",
     "rope_split",
+    "text_cross_attention",
+    "text_runs",
     "timestep_embedding",
 ]
 
