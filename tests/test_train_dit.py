@@ -1,10 +1,8 @@
-"""Training the DiT: latent cache, batches, exact resume, non-finite steps, DDP, overfitting."""
+"""Training the DiT: latent cache, batches, exact resume, non-finite steps, overfitting (DDP and
+FSDP: test_train_distributed.py)."""
 
 import json
 import math
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from kinetoscope.dit import DIT_PRESETS, DiT
 from kinetoscope.patches import pack
 from kinetoscope.text import load_text_encoder
 from kinetoscope.train.batch import make_batch
+from kinetoscope.train.distributed import load_sharded
 from kinetoscope.train.dit import load_dit, plot_loss, sample_previews, train_dit
 from kinetoscope.train.latents import LatentCache
 from kinetoscope.vae import VAE_PRESETS, VideoVAE, load_vae
@@ -35,12 +34,20 @@ FAST = {"preset": "tiny", "max_frames": 9, "lr": 3e-3, "warmup": 5, "preview_eve
 
 
 def _states(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """A run's checkpoint: the exported model and EMA, and the sharded state resume reads."""
     checkpoint = folder / "checkpoint"
-    return {
-        "model": load_dit(checkpoint / "model").state_dict(),
-        "ema": load_dit(checkpoint / "ema").state_dict(),
-        "optimizer": load_tensors(checkpoint / "train_state" / "optimizer.safetensors"),
+    model, ema = load_dit(checkpoint / "model"), load_dit(checkpoint / "ema")
+    states = {"model": model.state_dict(), "ema": ema.state_dict()}
+    model, ema = DiT(model.config), DiT(model.config)  # fresh weights, for load_sharded to fill
+    optimizer = torch.optim.AdamW(model.parameters())
+    load_sharded(checkpoint / "train_state" / "sharded", model, ema, optimizer)
+    states["sharded_model"], states["sharded_ema"] = model.state_dict(), ema.state_dict()
+    states["optimizer"] = {
+        f"{index}.{name}": value
+        for index, moments in optimizer.state_dict()["state"].items()
+        for name, value in moments.items()
     }
+    return states
 
 
 def _metrics(folder: Path) -> list[dict]:
@@ -121,6 +128,9 @@ def test_resume_after_n_steps_equals_an_uninterrupted_run(tiny_world, tmp_path):
         manifest, tmp_path / "parts", vae=vae, cache=cache, resume=True, progress=False, **run
     )
     a, b = _states(tmp_path / "whole"), _states(tmp_path / "parts")
+    for name in a["model"]:  # the exports hold what the sharded state holds
+        assert torch.equal(a["model"][name], a["sharded_model"][name])
+        assert torch.equal(a["ema"][name], a["sharded_ema"][name])
     for part in a:
         assert a[part].keys() == b[part].keys()
         for name in a[part]:
@@ -216,6 +226,8 @@ def test_bad_options_are_user_errors(tiny_world, tmp_path):
         train_dit(manifest, tmp_path, vae=tmp_path / "nothing")
     with pytest.raises(ValueError, match="precision must be one of"):
         train_dit(manifest, tmp_path, vae=vae, precision="fp8")
+    with pytest.raises(ValueError, match="parallel must be one of"):
+        train_dit(manifest, tmp_path, vae=vae, parallel="zero")
 
 
 def test_plot_loss_draws_a_falling_curve(tmp_path):
@@ -231,54 +243,6 @@ def test_plot_loss_draws_a_falling_curve(tmp_path):
     left = min(blue)
     right = max(blue)
     assert left[0] < 100 < 250 < right[0] and left[1] < right[1]
-
-
-DDP_SCRIPT = """
-import json, os, sys
-from pathlib import Path
-import torch
-from kinetoscope.train.dit import train_dit
-torch.set_num_threads(1)
-manifest, out, vae, cache, options = sys.argv[1:6]
-summary = train_dit(manifest, out, vae=vae, cache=cache, progress=False, **json.loads(options))
-Path(out, f"summary-{os.environ['RANK']}.json").write_text(json.dumps(summary))
-"""
-
-
-@pytest.mark.slow
-def test_two_ddp_ranks_agree_and_match_one_process_on_the_same_global_batch(tiny_world, tmp_path):
-    world_manifest, vae = tiny_world
-    # The clips twice over: an epoch of about 10 batches, each clip still encoded once.
-    manifest = write_manifest(tmp_path / "twice.jsonl", read_manifest(world_manifest) * 2)
-    cache = tmp_path / "cache"
-    run = {**FAST, "steps": 2, "given_prob": 0.5, "precision": "fp32"}
-    # One process accumulating 4 batches per step sees the global batch of 2 ranks x 2 batches
-    # (which also takes DDP's no_sync path on the first batch of each step).
-    single = train_dit(manifest, tmp_path / "single", vae=vae, cache=cache, progress=False,
-                       accumulate=4, **run)  # fmt: skip
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", str(script), str(manifest), str(tmp_path / "ddp"), str(vae),
-               str(cache), json.dumps({**run, "accumulate": 2})]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summaries = [json.loads((tmp_path / "ddp" / f"summary-{r}.json").read_text()) for r in (0, 1)]
-    # Both ranks hold bit-identical weights.
-    assert summaries[0]["weights_sha256"] == summaries[1]["weights_sha256"]
-    # Every step stayed in epoch 0, so both runs saw the same batches ...
-    one, two = _metrics(tmp_path / "single"), _metrics(tmp_path / "ddp")
-    assert [r["epoch"] for r in one + two] == [0] * 4
-    # ... and the losses and weights match up to float summation order.
-    for a, b in zip(one, two, strict=True):
-        assert a["tokens"] == b["tokens"]
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
-    x = load_dit(tmp_path / "single" / "checkpoint" / "model").state_dict()
-    y = load_dit(tmp_path / "ddp" / "checkpoint" / "model").state_dict()
-    for name in x:
-        torch.testing.assert_close(x[name], y[name], atol=1e-5, rtol=1e-4)
-    assert single["steps"] == summaries[0]["steps"] == 2
 
 
 @pytest.mark.slow
@@ -304,8 +268,9 @@ def test_cli_train_runs_and_reports(tiny_world, tmp_path, capsys):
     manifest, vae = tiny_world
     argv = ["train", "--data", str(manifest), "--preset", "tiny", "--out", str(tmp_path / "run"),
             "--steps", "2", "--vae", str(vae), "--max-frames", "9", "--text-encoder", "tiny",
-            "--preview-every", "0", "--threads", "1"]  # fmt: skip
-    assert main(argv) == 0
+            "--preview-every", "0", "--threads", "1", "--accumulate", "2",
+            "--gradient-checkpointing", "--parallel", "fsdp"]  # fmt: skip
+    assert main(argv) == 0  # fsdp in one process: the bare model, as with ddp
     out = capsys.readouterr().out
     assert "trained 2 steps" in out and "checkpoint:" in out
     assert (tmp_path / "run" / "checkpoint" / "model" / "model.safetensors").is_file()

@@ -126,7 +126,9 @@ def _train(args: argparse.Namespace) -> int:
                  "probe_every": args.probe_every, "caption_dropout": args.caption_dropout,
                  "given_prob": args.given_prob,
                  "ema_decay": args.ema_decay, "device": args.device,
-                 "twin_batches": args.twin_batches or None}  # fmt: skip
+                 "twin_batches": args.twin_batches or None, "parallel": args.parallel,
+                 "accumulate": args.accumulate,
+                 "gradient_checkpointing": args.gradient_checkpointing or None}  # fmt: skip
     summary = train_dit(
         args.data,
         args.out,
@@ -418,8 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train the text-conditioned diffusion transformer on a manifest",
         description="Encode clips with a VAE (cached on disk), pack them at native size and "
-        "train a DiT with rectified flow. Works unchanged under torchrun (DDP). Writes "
-        "checkpoints (safetensors + config.json), metrics.jsonl, loss.png and previews to --out.",
+        "train a DiT with rectified flow. Works unchanged under torchrun (--parallel ddp or "
+        "fsdp). Writes checkpoints (safetensors + config.json, and a sharded training state "
+        "that resumes at any world size), metrics.jsonl, loss.png and previews to --out.",
         formatter_class=_DefaultsHelp,
     )
     train.add_argument("--data", required=True, help="manifest.jsonl of captioned clips")
@@ -453,6 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-budget", type=int, help="tokens per packed sequence (default: longest clip)"
     )
     train.add_argument("--sequences", type=int, help="packed sequences per batch")
+    train.add_argument(
+        "--accumulate",
+        type=_positive_int,
+        help="batches per step on each rank (gradient accumulation); a step takes world size "
+        "x accumulate batches, which a resumed run must keep",
+    )
     train.add_argument("--warmup", type=int, help="linear warm-up steps")
     train.add_argument("--text-encoder", help="tiny, minilm or a local Hugging Face folder")
     train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
@@ -488,6 +497,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     train.add_argument(
         "--device", help="cpu, cuda or cuda:N (default: the GPU if any; under torchrun each rank's)"
+    )
+    train.add_argument(
+        "--parallel",
+        choices=("ddp", "fsdp"),
+        help="under torchrun: ddp (the default) copies the model to every rank, fsdp shards "
+        "weights, gradients and optimizer state (FSDP2) for models too big for that; one "
+        "process trains the bare model either way",
+    )
+    train.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute each block in backward: less activation memory, about a third more time",
     )
     train.set_defaults(run=_train)
 

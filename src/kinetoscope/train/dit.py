@@ -2,6 +2,7 @@
 
     train_dit("world/manifest.jsonl", "runs/dit", preset="tiny", steps=1000, vae="runs/vae")
     torchrun --nproc_per_node=2 -m kinetoscope train --data ... --out ...   # the same loop, DDP
+    torchrun ... train --parallel fsdp ...   # FSDP2: weights, gradients, optimizer sharded
 
 Steps, in the order the loop takes them:
 
@@ -9,8 +10,8 @@ Steps, in the order the loop takes them:
    by the frozen VAE into a latent cache on disk (`train/latents.py`; each rank encodes its
    share), then read back as normalised posterior means (c, t, h, w).
 2. Batches. `TokenBudgetBatchSampler` groups clips by token count into `sequences_per_batch`
-   sequences of `token_budget` tokens; rank r takes every world_size-th batch and a step
-   accumulates `accumulate` of them, so a global step sees world_size x accumulate batches.
+   sequences of `token_budget` tokens, in one order for every world size; a global step takes
+   the next world_size x accumulate batches of it, rank r those at r, r + world_size, ...
 3. Conditioning. Captions (one random level per clip and epoch) are replaced by the empty
    prompt with probability `caption_dropout` (for classifier-free guidance); with probability
    `given_prob` a video keeps some latent frames clean (timestep 0, no loss): the first frame,
@@ -20,8 +21,9 @@ Steps, in the order the loop takes them:
    rectified-flow interpolation and velocity target (`kinetoscope.diffusion`).
 5. Loss. Mean squared error over the non-given tokens of a batch: every token counts the same,
    so a long video weighs more than a still image, as its tokens carry more to learn; a step
-   averages its batches (and DDP its ranks) with equal weight.
-6. Update. bf16 autocast forward, fp32 loss and weights, gradient clipping, AdamW with linear
+   averages its batches (and DDP or FSDP its ranks) with equal weight.
+6. Update. bf16 autocast forward (under FSDP also bf16 gathered weights, fp32 gradient
+   reductions), fp32 loss and weights, gradient clipping, AdamW with linear
    warm-up then a constant rate (DiT, SD3), and an EMA of the weights for sampling. A step
    whose loss or gradient norm is not finite on any rank is skipped by all of them, counted
    and logged.
@@ -29,21 +31,26 @@ Steps, in the order the loop takes them:
 Determinism. Every random draw of a batch (dropout, given frames, timesteps, noise) comes from
 a generator seeded by (seed, epoch, the batch's index in the epoch), and the sampler's place is
 checkpointed, so `resume` continues with exactly the batches and draws an uninterrupted run
-would take. The draws do not depend on the world size either: one process with
-`accumulate=2` sees the same global batches as two ranks with `accumulate=1`.
+would take. The batches and draws do not depend on the world size either: one process with
+`accumulate=2` sees the same global batches as two ranks with `accumulate=1`, so a run may
+resume at another world size that keeps world_size x accumulate.
 
 Output folder:
 
     checkpoint/model/   DiT weights being trained (model.safetensors + config.json)
     checkpoint/ema/     their EMA: the weights to sample from (load with `load_dit`)
-    checkpoint/train_state/  optimizer moments (safetensors) and loop state (JSON)
+    checkpoint/train_state/  loop state (state.json) and sharded/, model, EMA and optimizer
+                        moments as a torch.distributed.checkpoint: what --resume reads, at
+                        any world size, with DDP or FSDP (`train/distributed.py`)
     vae/                the VAE the latents came from, so the folder is self-contained
                         (rewritten whenever it is not the VAE this run trains on)
     metrics.jsonl       one JSON line per step; loss.png, the loss curve
     previews/           step-NNNNNN-K.mp4 from fixed prompts and seeds (EMA weights)
 
 A checkpoint is written into a fresh folder and swapped in with renames, so a crash leaves
-the previous one whole.
+the previous one whole. Under torchrun every rank writes its shards into it: `out` must be on
+storage that all ranks see. Runs saved before sharded checkpoints (optimizer.safetensors in
+train_state/) still resume.
 
 Safety. An existing run is never replaced unless `overwrite` says so, and `resume` refuses a
 different VAE or manifest than the run started with (their digests are in the checkpoint).
@@ -54,8 +61,8 @@ last checkpoint as it was (weights that are not finite are never saved).
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -73,16 +80,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from kinetoscope.checkpoint import (
-    load_config,
-    load_tensors,
-    load_weights,
-    optimizer_state_from_tensors,
-    optimizer_state_to_tensors,
-    save_json,
-    save_model,
-    save_tensors,
-)
+from kinetoscope.checkpoint import load_config, load_weights, save_model
 from kinetoscope.data.dataset import ClipDataset
 from kinetoscope.diffusion import flow_loss
 from kinetoscope.dit import DIT_PRESETS, DiT, DiTConfig
@@ -94,6 +92,21 @@ from kinetoscope.pipeline import Pipeline, dit_folder
 from kinetoscope.text import EmbeddingCache, load_text_encoder
 from kinetoscope.text.base import TextEncoder
 from kinetoscope.train.batch import make_batch
+from kinetoscope.train.distributed import (
+    CHECKPOINT,
+    PARALLEL,
+    STATE,
+    all_finite,
+    check_global_batch,
+    checkpoint_folder,
+    clip_grad_norm,
+    consolidated,
+    gradient_sync,
+    is_sharded,
+    load_checkpoint,
+    parallelize,
+    save_checkpoint,
+)
 from kinetoscope.train.latents import LatentCache, vae_identity
 from kinetoscope.train.plots import plot_loss
 from kinetoscope.train.run import (
@@ -111,8 +124,6 @@ from kinetoscope.vae import VideoVAE, load_vae
 
 log = logging.getLogger("kinetoscope.train")
 
-STATE = "train_state"
-CHECKPOINT = "checkpoint"
 # What a DiT run writes into its folder (`overwrite` deletes these; a shared cache/ stays).
 RUN_FILES = (
     CHECKPOINT, f".{CHECKPOINT}.old", f".{CHECKPOINT}.partial", "metrics.jsonl", "loss.png",
@@ -154,6 +165,10 @@ class DiTTrainConfig:
     fps: float | None = None  # resample clips to this rate; None keeps each clip's
     text_encoder: str | None = None  # "tiny", "minilm" or a folder; None: by preset
     gradient_checkpointing: bool = False  # recompute blocks in backward: less memory
+    # Under torchrun: "ddp" keeps the whole model on each rank (simplest, fastest while it
+    # fits); "fsdp" shards weights, gradients and optimizer state (FSDP2) for models that do
+    # not. One process trains the bare model either way.
+    parallel: str = "ddp"
     seed: int = 0  # init, data order and every random draw
     init: str | None = None  # model folder whose weights start the run (fine-tuning)
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
@@ -180,6 +195,8 @@ class DiTTrainConfig:
             )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
         names = ("steps", "sequences_per_batch", "accumulate", "checkpoint_every",
                  "max_nonfinite_steps")  # fmt: skip
         for name in names:
@@ -207,9 +224,10 @@ class DiTTrainConfig:
             raise ValueError(f"token_budget must be positive or None, got {self.token_budget}")
 
 
-# Fields that fix the data order and the draws: a resumed run must keep them.
+# Fields that fix the data order and the draws: a resumed run must keep them (and
+# world_size x accumulate, the batches of a step: `check_global_batch`).
 RESUME_FIELDS = (
-    "preset", "seed", "token_budget", "sequences_per_batch", "accumulate", "max_area",
+    "preset", "seed", "token_budget", "sequences_per_batch", "max_area",
     "max_frames", "fps", "caption_dropout", "given_prob", "text_encoder", "timestep_mean", "twin_batches",
 )  # fmt: skip
 
@@ -273,42 +291,13 @@ def sample_previews(
     )
 
 
-def _save_checkpoint(
-    out: Path,
-    model: DiT,
-    ema: DiT,
-    optimizer: torch.optim.Optimizer,
-    state: dict,
-    meta: dict,
-) -> Path:
-    """Write model, EMA and training state into a fresh folder, then swap it in by renames."""
-    partial, final, old = (
-        out / f".{CHECKPOINT}.partial",
-        out / CHECKPOINT,
-        out / f".{CHECKPOINT}.old",
-    )
-    shutil.rmtree(partial, ignore_errors=True)
-    # Step and training seconds so far: enough to plot quality against compute later.
-    meta = {**meta, "step": state["step"], "seconds": round(state["seconds"], 1)}
-    save_model(partial / "model", model, model.config, meta=meta)
-    save_model(partial / "ema", ema, ema.config, meta={**meta, "ema": True})
-    tensors, rest = optimizer_state_to_tensors(optimizer)
-    save_tensors(partial / STATE / "optimizer.safetensors", tensors)
-    save_json(partial / STATE / "state.json", {**state, "optimizer": rest})
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)  # between these two renames, resume reads the old folder
-    os.replace(partial, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _checkpoint_folder(out: Path) -> Path | None:
-    """The newest complete checkpoint in `out`, if any."""
-    for name in (CHECKPOINT, f".{CHECKPOINT}.old"):
-        if (out / name / STATE / "state.json").is_file():
-            return out / name
-    return None
+def _one_order(sampler_state: dict | None) -> dict | None:
+    """A saved sampler state in the one batch order of every world size. Runs from before it
+    dealt rank r every world_size-th batch; their position counted this rank's batches."""
+    if sampler_state is None or sampler_state["world_size"] == 1:
+        return sampler_state
+    position = sampler_state["position"] * sampler_state["world_size"]
+    return {**sampler_state, "position": position, "world_size": 1}
 
 
 def _append_metrics(path: Path, row: dict) -> None:
@@ -426,7 +415,7 @@ def train_dit(
 
     Returns a summary on every rank: steps, first and final loss, nonfinite_steps,
     skipped_clips, tokens_per_second, padding_fraction, train_seconds, checkpoint, and
-    weights_sha256 of this rank's weights.
+    weights_sha256 of this rank's weights (of the whole gathered weights under FSDP).
     """
     known = {f.name for f in fields(DiTTrainConfig)}
     unknown = sorted(set(overrides) - known)
@@ -464,7 +453,7 @@ def _train(
 ) -> dict:
     main, device = ddp.rank == 0, ddp.device
     cache_dir = cache if cache is not None else out / "cache"
-    checkpoint = _checkpoint_folder(out) if resume else None
+    checkpoint = checkpoint_folder(out) if resume else None
     data_sha = data_digest(data)
     saved_state: dict | None = None
     if checkpoint is not None:
@@ -476,6 +465,7 @@ def _train(
                 f"cannot resume {out} with different {changed}: they fix the data order; "
                 "pass the values of the first run or start a new --out"
             )
+        check_global_batch(out, saved_state, saved["accumulate"], config.accumulate, ddp)
         _check_same(out, "data", saved_state, data_sha, str(data))
 
     # 1. Frozen VAE and text encoder; latents of every clip in the cache (each rank a share).
@@ -493,8 +483,9 @@ def _train(
         temporal_crop="start",
         seed=config.seed,
     )
-    # AVX2-only CPUs: bf16 is 10x slower; "auto" measures (kinetoscope.nn.resolve_precision).
-    precision = resolve_precision(config.precision, device)
+    # AVX2-only CPUs: bf16 is 10x slower; "auto" measures (kinetoscope.nn.resolve_precision),
+    # on rank 0 only: ranks that measured differently would not compute the same step.
+    precision = ddp.agree(resolve_precision(config.precision, device) if main else None)
     latents = LatentCache(dataset, vae, cache_dir / "latents", precision)
     latents.fill(list(range(ddp.rank, len(dataset), ddp.world_size)), device, progress and main)
     ddp.barrier()  # every rank's share is on disk before anyone looks for it
@@ -503,7 +494,8 @@ def _train(
         raise ValueError(f"no clip of {data} could be read; check the manifest's files")
     skipped_clips = len(dataset) - len(valid)
 
-    # 2. The model (same init on every rank; DDP also broadcasts rank 0's), EMA, optimizer.
+    # 2. The model (same init on every rank; DDP also broadcasts rank 0's), EMA, optimizer;
+    #    wrapped for DDP or sharded by FSDP, the EMA sharded like the model.
     if checkpoint is not None:
         dit_config = load_config(checkpoint / "model", DiTConfig)
     elif config.init is not None:
@@ -522,32 +514,31 @@ def _train(
             latent_channels=vae.config.latent_channels,
             text_dim=text.dim,
         )
+    plain_dit = functools.partial(DiT, dit_config)  # the model's shape, for whole copies
     torch.manual_seed(config.seed)
     model = DiT(dit_config)
-    if checkpoint is not None:
-        load_weights(checkpoint / "model", model)
-    elif config.init is not None:
+    if checkpoint is None and config.init is not None:
         load_weights(init, model)
-    ema = copy.deepcopy(model).requires_grad_(False)  # fp32 EMA, never wrapped by DDP
-    if checkpoint is not None:
-        load_weights(checkpoint / "ema", ema)
+    ema = copy.deepcopy(model).requires_grad_(False)  # fp32; not DDP's, FSDP shards it too
     model.to(device).train()
     ema.to(device).eval()
     model.gradient_checkpointing = config.gradient_checkpointing
+    # DDP averages gradients over ranks in backward, FSDP reduce-scatters them to the shards;
+    # world size 1 trains the bare module.
+    net = parallelize(model, ema, config.parallel, ddp, precision)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
     )
     state = {"step": 0, "nonfinite_steps": 0, "tokens": 0, "seconds": 0.0, "sampler": None}
     if checkpoint is not None:
         assert saved_state is not None
-        tensors = load_tensors(checkpoint / STATE / "optimizer.safetensors")
-        optimizer_state_from_tensors(optimizer, tensors, saved_state.pop("optimizer"))
-        state.update(saved_state)
+        load_checkpoint(checkpoint, model, ema, optimizer, saved_state)
+        state.update({k: v for k, v in saved_state.items() if k != "optimizer"})
+        state["sampler"] = _one_order(state["sampler"])
         log.info("resumed from %s at step %d", checkpoint, state["step"])
-    # DDP averages gradients over ranks in backward; world size 1 trains the bare module.
-    net = nn.parallel.DistributedDataParallel(model) if ddp.world_size > 1 else model
+    state["world_size"] = ddp.world_size
 
-    # 3. Batches: token counts from sizes alone; rank r takes every world_size-th batch.
+    # 3. Batches: token counts from sizes alone, in one order whatever the world size.
     patch = dit_config.patch
     vc = vae.config
     counts = [
@@ -559,20 +550,13 @@ def _train(
     original_of = _mirror_pairs(dataset, valid, counts, budget) if config.twin_batches else {}
     units = _sampling_units(valid, original_of)
     counts = [sum(counts[k] for k in unit) for unit in units]
-    sampler = TokenBudgetBatchSampler(
-        counts,
-        budget,
-        config.sequences_per_batch,
-        seed=config.seed,
-        rank=ddp.rank,
-        world_size=ddp.world_size,
-    )
+    sampler = TokenBudgetBatchSampler(counts, budget, config.sequences_per_batch, seed=config.seed)
     if state["sampler"] is not None:
         sampler.load_state_dict(state["sampler"])
     batches = iter(sampler)
 
     def next_batch() -> tuple[int, int, list[int]]:
-        """(epoch, index of the batch in the epoch over all ranks, clip indices)."""
+        """(epoch, index of the batch in the epoch, clip indices)."""
         nonlocal batches
         for _ in range(2):  # an exhausted epoch moves the sampler on to the next one
             epoch, position = sampler.epoch, sampler.position
@@ -581,9 +565,14 @@ def _train(
             except StopIteration:
                 batches = iter(sampler)
                 continue
-            clips = [valid[k] for j in indices for k in units[j]]
-            return epoch, ddp.rank + position * ddp.world_size, clips
+            return epoch, position, [valid[k] for j in indices for k in units[j]]
         raise AssertionError("the sampler yields no batch")
+
+    def next_step() -> tuple[int, list[tuple[int, int, list[int]]]]:
+        """(epoch of the step's last batch, this rank's batches): of the next world_size x
+        accumulate batches, those at rank, rank + world_size, ..."""
+        taken = [next_batch() for _ in range(ddp.world_size * config.accumulate)]
+        return taken[-1][0], taken[ddp.rank :: ddp.world_size]
 
     # Text-sensitivity probe: fixed rendered clips through this run's VAE (rank 0 only).
     probe = (
@@ -625,14 +614,11 @@ def _train(
 
     def save() -> Path:
         nonlocal saved_step
-        for part in (model, ema):  # the same on every rank, so every rank takes this branch
-            if not all(bool(torch.isfinite(p).all()) for p in part.parameters()):
-                raise diverged(f"the weights hold NaN or infinity at step {state['step']}")
+        if not all_finite((model, ema), ddp):  # agreed, so every rank takes this branch
+            raise diverged(f"the weights hold NaN or infinity at step {state['step']}")
         state["sampler"] = sampler.state_dict()
         state["config"] = asdict(config)
-        if main:
-            _save_checkpoint(out, model, ema, optimizer, state, meta)
-        ddp.barrier()  # no rank runs ahead of a checkpoint it may be asked to resume from
+        save_checkpoint(out, model, ema, optimizer, state, meta, ddp, plain_dit)
         saved_step = state["step"]
         return out / CHECKPOINT
 
@@ -664,7 +650,7 @@ def _train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
-        micro = [next_batch() for _ in range(config.accumulate)]  # taken even if skipped
+        last_epoch, micro = next_step()  # taken even if skipped
         loss_sum, tokens, padding, finite = 0.0, 0, 0.0, True
         for m, (epoch, number, indices) in enumerate(micro):
             dataset.set_epoch(epoch)
@@ -684,10 +670,8 @@ def _train(
                 twin_of=twin_of,
             )
             packed = batch.packed.to(device)
-            # Gradients are all-reduced once per step, on the last batch (no_sync before it).
-            last = m == len(micro) - 1
-            sync = contextlib.nullcontext() if last or ddp.world_size == 1 else net.no_sync()
-            with sync:
+            # Gradients are reduced over ranks once per step, on the last batch.
+            with gradient_sync(net, enabled=m == len(micro) - 1):
                 with autocast:
                     prediction = net(
                         batch.x_t.to(device),
@@ -710,8 +694,8 @@ def _train(
             padding += batch.packed.padding_fraction / config.accumulate
         grad_norm = float("nan")
         if finite:
-            # After DDP's all-reduce the gradients, and so this norm, agree on every rank.
-            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
+            # Reduced over ranks (and, under FSDP, over shards), this norm agrees on every rank.
+            grad_norm = clip_grad_norm(model.parameters(), config.grad_clip)
             finite = math.isfinite(grad_norm)
         if finite:
             optimizer.step()
@@ -741,7 +725,7 @@ def _train(
             last_loss = loss_value
         row = {
             "step": state["step"],
-            "epoch": micro[-1][0],
+            "epoch": last_epoch,
             "loss": loss_value if finite else None,
             "lr": lr,
             "grad_norm": grad_norm if finite else None,
@@ -752,15 +736,19 @@ def _train(
             "skipped": not finite,
             "nonfinite_steps": state["nonfinite_steps"],
         }
-        if probe is not None and state["step"] % config.probe_every == 0:
-            row["probe"] = text_sensitivity(ema, text, probe, device, precision)
+        probe_due = config.probe_every and state["step"] % config.probe_every == 0
+        preview_due = config.preview_every and state["step"] % config.preview_every == 0
+        if probe_due or preview_due:  # the whole EMA on rank 0 (FSDP gathers it from all)
+            sampling = consolidated(ema, plain_dit, ddp)
+        if probe is not None and probe_due:
+            row["probe"] = text_sensitivity(sampling, text, probe, device, precision)
             gaps = ", ".join(f"{k} {row['probe'][f'gap_{k}']:+.2%}" for k in ATTRIBUTES)
             log.info("step %d probe gaps: %s", state["step"], gaps)
         if main:
             _append_metrics(metrics_path, row)
-        if config.preview_every and state["step"] % config.preview_every == 0 and main:
+        if preview_due and main:
             videos = sample_previews(
-                ema, vae, text, prompts, preview_size, seed=config.seed,
+                sampling, vae, text, prompts, preview_size, seed=config.seed,
                 steps=config.preview_steps, guidance=config.preview_guidance, device=device,
                 precision=precision,
             )  # fmt: skip
@@ -783,6 +771,9 @@ def _train(
         )
         bar.update(1)
     bar.close()
+    # Under FSDP only rank 0 holds the whole weights: every rank reports their digest.
+    whole = consolidated(model, plain_dit, ddp)
+    digest = weights_digest(whole) if whole is not None else None
     return {
         "steps": state["step"],
         "first_loss": first_loss,
@@ -793,5 +784,5 @@ def _train(
         "padding_fraction": sum(paddings) / max(1, len(paddings)),
         "train_seconds": state["seconds"],
         "checkpoint": str(out / CHECKPOINT),
-        "weights_sha256": weights_digest(model),
+        "weights_sha256": ddp.agree(digest) if is_sharded(model) else digest,
     }

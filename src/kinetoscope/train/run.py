@@ -12,7 +12,7 @@
 - `Interrupted` and `Diverged`: the ways a run stops early, each with a one-line message and
   the exit code a command should return.
 - `setup_distributed`: this process's rank, world size and device; world size 1 is the same
-  program.
+  program. `Distributed.agree` gives every rank rank 0's choice.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -34,6 +35,8 @@ from torch import Tensor
 from kinetoscope.checkpoint import build_config
 from kinetoscope.io import check_output_folder
 from kinetoscope.pipeline import resolve_device
+
+T = TypeVar("T")
 
 
 class TrainingStopped(Exception):
@@ -231,6 +234,15 @@ class Distributed:
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
+
+    def agree(self, value: T) -> T:
+        """Rank 0's `value` on every rank (picklable; itself at world size 1). For choices that
+        must not differ between ranks, such as a measured precision."""
+        if self.world_size > 1:
+            box = [value]
+            dist.broadcast_object_list(box, src=0)
+            value = box[0]
+        return value
 
 
 def setup_distributed(device_name: str | None = None) -> Distributed:
