@@ -401,7 +401,7 @@ def train_dit(
     **overrides,
 ) -> dict:
     """Train a DiT on the clips of manifest `data`; write checkpoints, metrics and previews to
-    `out` (see the module docstring). Runs unchanged under torchrun (DDP).
+    `out` (see the module docstring). Runs unchanged under torchrun (DDP, or FSDP: `parallel`).
 
     `config` holds every setting; keyword `overrides` replace its fields (e.g. `steps=100`).
     `vae` is a VAE folder (default: the bundled world VAE). `cache` is the latent and text
