@@ -58,7 +58,7 @@ def test_a_tiny_captioner_learns_its_clips(trained, tiny_world):
     manifest, vae_folder = tiny_world
     report = json.loads((trained / "report.json").read_text())
     assert report["step"] == 160 and set(report["accuracy"]) >= {"color", "motion", "region"}
-    captioner = Captioner.load(trained / "captioner")
+    captioner = Captioner.load(trained)  # a run folder: its checkpoint's model
     vae = load_vae(vae_folder)
     from kinetoscope.captioner.run import caption_files
 
@@ -72,7 +72,7 @@ def test_a_tiny_captioner_learns_its_clips(trained, tiny_world):
 def test_recaption_keeps_every_caption_and_resumes_after_a_kill(trained, tiny_world, tmp_path):
     manifest, vae_folder = tiny_world
     before = Path(manifest).read_bytes()
-    captioner, vae = Captioner.load(trained / "captioner"), load_vae(vae_folder)
+    captioner, vae = Captioner.load(trained), load_vae(vae_folder)
     out = tmp_path / "recaptioned.jsonl"
     real, calls = captioner.caption, []
 
@@ -104,10 +104,10 @@ def test_cli_captions_and_refuses_to_write_over_its_input(trained, tiny_world, t
     clip = read_manifest(manifest)[0].path
     # The tiny captioner was trained on the tiny VAE; the CLI reads with the bundled one, so
     # this checks the command, not the caption.
-    assert main(["caption", clip, "--model", str(trained / "captioner")]) == 0
+    assert main(["caption", clip, "--model", str(trained)]) == 0
     assert capsys.readouterr().out.startswith(f"{clip}: ")
     assert main(["recaption", str(manifest), "--out", str(manifest),
-                 "--model", str(trained / "captioner")]) == 2  # fmt: skip
+                 "--model", str(trained)]) == 2  # fmt: skip
     assert "is the input manifest" in capsys.readouterr().err
 
 

@@ -92,10 +92,18 @@ def test_load_finds_the_ema_weights_vae_and_text_encoder_of_a_run(run, pipe, tmp
     vae = VideoVAE(pipe.vae.config)
     load_weights(run / "vae", vae)
     assert torch.equal(pipe.vae.latent_scale, vae.latent_scale)
-    # A DiT folder copied out of its run finds the VAE its meta names.
-    shutil.copytree(run / "checkpoint" / "ema", tmp_path / "dit")
+    # The meta names the VAE relative to the DiT's folder (the run's own copy), and no path of
+    # the training machine: a run moved elsewhere loads whole.
     meta = json.loads((run / "checkpoint" / "ema" / "config.json").read_text())["meta"]
-    assert find_model(tmp_path / "dit").vae == Path(meta["vae"])
+    assert meta["vae"] == "../../vae" and str(run.parent) not in json.dumps(meta)
+    shutil.copytree(run, tmp_path / "moved")
+    files = find_model(tmp_path / "moved")
+    assert (files.dit, files.vae) == (tmp_path / "moved/checkpoint/ema", tmp_path / "moved/vae")
+    # A DiT folder copied out of its run alone says where its VAE goes, or takes vae=.
+    shutil.copytree(run / "checkpoint" / "ema", tmp_path / "dit")
+    with pytest.raises(ValueError, match="pass vae=DIR"):
+        find_model(tmp_path / "dit")
+    assert find_model(tmp_path / "dit", vae=run / "vae").vae == run / "vae"
 
 
 def test_missing_models_are_user_errors_that_say_what_to_pass(tmp_path, monkeypatch):

@@ -37,7 +37,7 @@ def test_resume_after_n_steps_equals_an_uninterrupted_run(world, tmp_path):
     whole = train_vae(world, tmp_path / "whole", **run)
     stopped = train_vae(world, tmp_path / "parts", stop_at=2, **run)
     assert stopped == {"steps": 2, "stopped": True}
-    assert (tmp_path / "parts" / "train_state" / "optimizer.safetensors").is_file()
+    assert (tmp_path / "parts" / "checkpoint" / "train_state" / "sharded").is_dir()
     resumed = train_vae(world, tmp_path / "parts", resume=True, **run)
     a, b = _state(tmp_path / "whole"), _state(tmp_path / "parts")
     assert a.keys() == b.keys()
@@ -57,7 +57,7 @@ def test_image_steps_train_on_single_frames_then_videos(tmp_path):
         out = tmp_path / f"run{steps}"
         run = {**TRAIN, "steps": steps, "eval_every": 10, "stats_clips": 1, "progress": False}
         train_vae(clips.manifest, out, images=2, image_steps=2, overwrite=True, **run)
-        return json.loads((out / "train_state" / "state.json").read_text())["frames"]
+        return json.loads((out / "checkpoint" / "train_state" / "state.json").read_text())["frames"]
 
     # Two image steps: batch 2 + 2 images, one frame each.
     assert frames_after(2) == 2 * (2 + 2)
@@ -79,8 +79,12 @@ def test_init_starts_from_a_trained_vae(world, tmp_path):
     other = _state(tmp_path / "fresh")
     assert fresh["steps"] == 1
     assert not all(torch.allclose(source[n], other[n], atol=1e-6) for n in weights)
-    meta = json.loads((tmp_path / "tuned" / "config.json").read_text())
-    assert str(tmp_path / "source") in json.dumps(meta)
+    config = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert config["config"]["init"] == str(tmp_path / "source")
+    # The model's meta names the source relative to the model folder, no absolute path.
+    meta = json.loads((tmp_path / "tuned" / "checkpoint" / "model" / "config.json").read_text())
+    assert meta["meta"]["train"]["init"] == "../../../source"
+    assert str(tmp_path) not in json.dumps(meta)
 
 
 def test_corrupt_clips_are_counted_not_fatal(world, tmp_path):
@@ -137,7 +141,10 @@ def test_cli_train_vae_and_eval_vae(world, tmp_path, capsys):
     )  # fmt: skip
     assert code == 0
     assert "trained 2 steps" in capsys.readouterr().out
-    assert {"model.safetensors", "config.json"} <= {p.name for p in out.iterdir()}
+    assert {"config.json", "checkpoint", "metrics.jsonl", "loss.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert (out / "checkpoint" / "model" / "model.safetensors").is_file()
     assert '"mse_weight": 3.0' in (out / "config.json").read_text()
     report_dir = tmp_path / "report"
     code = main(

@@ -6,6 +6,9 @@ A model folder holds
     config.json         {"kind": <config class name>, "version": 1, "config": {...}, "meta": {...}}
 
 so loading is `Model(load_config(folder, Config))` followed by `load_weights(folder, model)`.
+A training run of any kinetoscope trainer keeps its weights in such folders under
+`checkpoint/` (`resolve_model_folder` says which one a run stands for), and a relative path in
+a `meta` is relative to the model folder it sits in.
 Files are written under temporary names and moved into place with `os.replace`, so a crash
 never leaves a half-written file behind. Training state (optimizer moments, step, random
 generators) is saved the same way with `save_tensors`/`save_json` and the optimizer helpers.
@@ -32,6 +35,7 @@ VERSION = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 EXTRA = "extra."
+RUN_CHECKPOINT = "checkpoint"  # a training run's checkpoint folder (kinetoscope.train)
 
 C = TypeVar("C")
 
@@ -157,6 +161,29 @@ def _read_config(folder: Path) -> dict:
     if not isinstance(document, dict) or "config" not in document:
         raise ValueError(f"{path} has no 'config' entry; was it written by save_model?")
     return document
+
+
+def is_model_folder(folder: str | os.PathLike) -> bool:
+    """Whether `folder` holds a saved model (config.json and model.safetensors)."""
+    return (Path(folder) / CONFIG).is_file() and (Path(folder) / WEIGHTS).is_file()
+
+
+def resolve_model_folder(folder: str | os.PathLike) -> Path:
+    """The model folder `folder` stands for: `folder` itself when it holds a saved model
+    (bundled weights, an exported model); for the run folder of any kinetoscope trainer, or
+    its `checkpoint/` folder, the weights to use: `checkpoint/ema` where the trainer keeps an
+    EMA of the weights (the DiT), else `checkpoint/model`. ValueError when it is neither."""
+    folder = Path(folder)
+    if is_model_folder(folder):
+        return folder
+    checkpoint = folder / RUN_CHECKPOINT if (folder / RUN_CHECKPOINT).is_dir() else folder
+    for part in ("ema", "model"):
+        if is_model_folder(checkpoint / part):
+            return checkpoint / part
+    raise ValueError(
+        f"{folder} holds no model: expected a model folder ({CONFIG} and {WEIGHTS}) or a "
+        f"training run ({RUN_CHECKPOINT}/model/, written by a kinetoscope trainer)"
+    )
 
 
 def load_meta(folder: str | os.PathLike) -> dict:

@@ -3,15 +3,15 @@ device to run on. `Pipeline.load` and the trainers (`--init`) read folders throu
 
 Model folders `Pipeline.load` reads (`find_model` says which parts it found):
 
-    run/                     a DiT training run: run/checkpoint/ema (the EMA weights, to
-                             sample from) and run/vae (the VAE its latents came from)
-    run/checkpoint/          its checkpoint folder: ema/, with the VAE at ../vae
-    bundle/                  dit/ (config.json + model.safetensors) and vae/
-    dit/                     a DiT model folder itself (e.g. run/checkpoint/ema); the VAE is
-                             dit/vae, or that of the run it sits in, or the one its meta names
+    dit/            a DiT model folder (config.json + model.safetensors), such as the bundled
+                    weights/world-dit or a run's checkpoint/ema
+    run/            a run of `kinetoscope train`, or its checkpoint/ folder: the DiT is the
+                    run's EMA (`checkpoint.resolve_model_folder`, as for every trainer's run)
 
-The text encoder is the one named in the DiT's meta (`text_encoder`: "tiny", "minilm" or a
-local folder), as the trainer records it; `vae=` and `text_encoder=` override either part.
+The DiT's meta names the other parts, as the trainer records them: `vae`, a bundled name or a
+folder relative to the DiT's (a run's `../../vae`, its own copy of the VAE), and
+`text_encoder`, "tiny", "minilm" or a local folder (relative to the DiT's, or as given).
+`vae=` and `text_encoder=` override either part.
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ from pathlib import Path
 
 import torch
 
-from kinetoscope.checkpoint import load_meta
+from kinetoscope.checkpoint import (
+    RUN_CHECKPOINT,
+    is_model_folder,
+    load_meta,
+    resolve_model_folder,
+)
 from kinetoscope.vae import BUNDLED
-
-RUN_CHECKPOINT = "checkpoint"  # the trainer's checkpoint folder inside a run
 
 
 def default_model_dir() -> Path:
@@ -47,42 +50,33 @@ class ModelFiles:
     meta: dict  # the DiT's meta (training step, preset, data, ...)
 
 
-def _is_model_folder(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+def _find_vae(dit: Path, named: str | None) -> Path | None:
+    """The VAE the DiT's meta names: a bundled name, or a folder relative to the DiT's.
 
-
-def _find_vae(root: Path, dit: Path, named: str | None) -> Path | None:
-    """The VAE of a DiT: a vae/ folder beside it or in its run, else the one its meta names."""
-    places = [dit, root]
-    if dit.parent.name == RUN_CHECKPOINT:  # run/checkpoint/ema -> run/vae
-        places.append(dit.parent.parent)
-    for place in places:
-        if _is_model_folder(place / "vae"):
-            return place / "vae"
-    if not named:
-        return None
+    Runs saved before relative names recorded the VAE as given on the training machine; their
+    run's own copy (run/vae beside run/checkpoint/ema) stands for it."""
     if named in BUNDLED:
-        return BUNDLED[named] if _is_model_folder(BUNDLED[named]) else None
-    path = Path(named).expanduser()
-    for candidate in (path, root / path):
-        if _is_model_folder(candidate):
-            return candidate
-    # The bundled VAE of the installation that trained the model, wherever it was.
-    return next((f for f in BUNDLED.values() if f.name == path.name and _is_model_folder(f)), None)
+        return BUNDLED[named]
+    if named and not os.path.isabs(named) and is_model_folder(dit / named):
+        return Path(os.path.normpath(dit / named))
+    if dit.parent.name == RUN_CHECKPOINT and is_model_folder(dit.parent.parent / "vae"):
+        return dit.parent.parent / "vae"  # an older run
+    if named and is_model_folder(Path(named).expanduser()):
+        return Path(named).expanduser()  # an older meta's path, where it still is
+    return None
 
 
 def dit_folder(root: Path) -> Path:
-    """The DiT model folder of `root`: a run's EMA weights, a checkpoint's, or `root` itself
-    (layouts in the module docstring). Raises ValueError when it holds none."""
-    candidates = [root / RUN_CHECKPOINT / "ema", root / "ema", root / "dit", root]
-    dit = next((c for c in candidates if _is_model_folder(c)), None)
-    if dit is None:
+    """The DiT model folder of `root` (layouts in the module docstring). Raises ValueError
+    when it holds none."""
+    try:
+        return resolve_model_folder(root)
+    except ValueError:
         raise ValueError(
             f"{root} holds no DiT: expected a run folder written by `kinetoscope train` "
             "(checkpoint/ema/), its checkpoint/ folder, or a model folder with config.json and "
             "model.safetensors"
-        )
-    return dit
+        ) from None
 
 
 def find_model(
@@ -116,11 +110,12 @@ def find_model(
     if vae is not None:
         vae_folder = BUNDLED.get(str(vae), Path(vae))
     else:
-        vae_folder = _find_vae(root, dit, meta.get("vae"))
+        vae_folder = _find_vae(dit, meta.get("vae"))
         if vae_folder is None:
             raise ValueError(
-                f"no VAE found for the DiT in {dit} (its meta names {meta.get('vae')!r}); put "
-                f"the VAE folder it was trained with at {root / 'vae'} or pass vae=DIR"
+                f"no VAE found for the DiT in {dit} (its meta names {meta.get('vae')!r}, "
+                f"relative to {dit}); put the VAE folder it was trained with there or pass "
+                "vae=DIR (--vae DIR)"
             )
     text = text_encoder or meta.get("text_encoder")
     if not text:
@@ -128,9 +123,8 @@ def find_model(
             f"{dit} does not record its text encoder; pass text_encoder='minilm' (or 'tiny', "
             "or the local folder it was trained with)"
         )
-    local = text not in ("tiny", "minilm") and not Path(text).expanduser().is_dir()
-    if local and (root / text).is_dir():  # a folder recorded relative to the model
-        text = str(root / text)
+    if text not in ("tiny", "minilm") and (dit / text).is_dir():  # relative to the model
+        text = os.path.normpath(dit / text)
     return ModelFiles(dit, Path(vae_folder), text, meta)
 
 

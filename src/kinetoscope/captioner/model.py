@@ -22,7 +22,14 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from kinetoscope.checkpoint import load_config, load_meta, load_weights, save_model
+from kinetoscope.checkpoint import (
+    load_config,
+    load_meta,
+    load_weights,
+    resolve_model_folder,
+    save_model,
+)
+from kinetoscope.vae import BUNDLED
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 BUNDLED_CAPTIONER = Path(__file__).resolve().parents[1] / "weights" / "world-captioner"
@@ -173,10 +180,17 @@ class Captioner(nn.Module):
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> Captioner:
-        """The captioner in a model folder (a run's `captioner/`)."""
+        """The captioner in a model folder or the run folder of `kinetoscope train-captioner`
+        (`resolve_model_folder`). Its meta's `vae`, a bundled name or a path relative to the
+        model folder, comes back usable from here."""
+        folder = resolve_model_folder(folder)
         model = cls(load_config(folder, CaptionerConfig))
         load_weights(folder, model)
         model.meta = load_meta(folder)
+        vae = model.meta.get("vae")
+        # (Older metas held the path as given on the command line: kept where it is not one.)
+        if isinstance(vae, str) and vae not in BUNDLED and (folder / vae).is_dir():
+            model.meta["vae"] = os.path.normpath(folder / vae)
         return model.eval()
 
     @classmethod
@@ -185,7 +199,7 @@ class Captioner(nn.Module):
         if not (BUNDLED_CAPTIONER / "config.json").is_file():
             raise ValueError(
                 "this installation has no bundled captioner; train one with `kinetoscope "
-                "train-captioner` and pass its folder (--model RUN/captioner)"
+                "train-captioner` and pass its run folder (--model RUN)"
             )
         return cls.load(BUNDLED_CAPTIONER)
 

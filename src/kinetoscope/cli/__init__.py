@@ -10,6 +10,9 @@ under `--debug` or for a bug.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import importlib
 import re
 import sys
 import time
@@ -73,100 +76,6 @@ def _index(args: argparse.Namespace) -> int:
     print(f"manifest: {report.manifest}")
     if report.failed or report.caption_errors:
         print(f"problems and their reasons: {report.errors}")
-    return 0
-
-
-def _train_vae(args: argparse.Namespace) -> int:
-    from kinetoscope.train.vae import train_vae
-    from kinetoscope.vae.losses import VAELossConfig
-
-    summary = train_vae(
-        args.data,
-        args.out,
-        overwrite=args.overwrite,
-        preset=args.preset,
-        steps=args.steps,
-        batch=args.batch,
-        lr=args.lr,
-        precision=args.precision,
-        eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every,
-        holdout=args.holdout,
-        resume=args.resume,
-        seed=args.seed,
-        max_area=args.max_area,
-        max_frames=args.max_frames,
-        crop=args.crop,
-        images=args.images,
-        image_steps=args.image_steps,
-        init=args.init,
-        loss_config=VAELossConfig(l1_weight=args.l1_weight, mse_weight=args.mse_weight),
-        threads=args.threads,
-    )
-    psnr = summary.get("heldout_psnr")
-    print(
-        f"trained {summary['steps']} steps: final loss {summary['final_loss']:.5f}"
-        + (f", held-out PSNR {psnr:.2f} dB" if psnr is not None else "")
-        + f", {summary['frames_per_second']:.1f} frames/s, {summary['skipped']} clips skipped"
-    )
-    print(f"weights: {args.out}")
-    return 0
-
-
-def _train(args: argparse.Namespace) -> int:
-    from kinetoscope.train.dit import train_dit
-
-    overrides = {"preset": args.preset, "steps": args.steps, "lr": args.lr,
-                 "precision": args.precision, "seed": args.seed, "threads": args.threads,
-                 "checkpoint_every": args.checkpoint_every, "preview_every": args.preview_every,
-                 "max_frames": args.max_frames, "text_encoder": args.text_encoder,
-                 "token_budget": args.token_budget, "warmup": args.warmup,
-                 "sequences_per_batch": args.sequences, "max_area": args.max_area,
-                 "init": args.init, "timestep_mean": args.timestep_mean,
-                 "probe_every": args.probe_every, "caption_dropout": args.caption_dropout,
-                 "given_prob": args.given_prob,
-                 "ema_decay": args.ema_decay, "device": args.device,
-                 "twin_batches": args.twin_batches or None, "parallel": args.parallel,
-                 "accumulate": args.accumulate,
-                 "gradient_checkpointing": args.gradient_checkpointing or None}  # fmt: skip
-    summary = train_dit(
-        args.data,
-        args.out,
-        vae=args.vae,
-        cache=args.cache,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        **{key: value for key, value in overrides.items() if value is not None},
-    )
-    if summary.get("stopped"):
-        return 0
-    print(
-        f"trained {summary['steps']} steps: final loss {summary['final_loss']:.4f}, "
-        f"{summary['tokens_per_second']:.0f} tokens/s, padding {summary['padding_fraction']:.1%}, "
-        f"{summary['nonfinite_steps']} non-finite steps skipped, "
-        f"{summary['skipped_clips']} clips skipped"
-    )
-    print(f"checkpoint: {summary['checkpoint']}")
-    return 0
-
-
-def _train_captioner(args: argparse.Namespace) -> int:
-    from kinetoscope.train.captioner import train_captioner
-
-    overrides = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "level": args.level,
-                 "holdout": args.holdout, "seed": args.seed, "threads": args.threads,
-                 "checkpoint_every": args.checkpoint_every, "width": args.width,
-                 "layers": args.layers}  # fmt: skip
-    report = train_captioner(args.data, args.out, vae=args.vae, cache=args.cache,
-                             resume=args.resume, overwrite=args.overwrite,
-                             **{k: v for k, v in overrides.items() if v is not None})  # fmt: skip
-    if "accuracy" not in report:
-        print(f"stopped at step {report['step']}; continue with --resume")
-        return 0
-    accuracy = ", ".join(f"{k} {v:.1%}" for k, v in report["accuracy"].items())
-    print(f"{report['heldout']} held-out clips: {accuracy}; "
-          f"{report['clips_per_second']:.1f} clips/s")  # fmt: skip
-    print(f"captioner: {Path(args.out) / 'captioner'}")
     return 0
 
 
@@ -268,6 +177,253 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# Training: options read their defaults from the trainers' configs
+
+
+class _ConfigDefault:
+    """The default of an option that sets a field of a training config: the config's own,
+    read when the help shows it (so building the parser imports no trainer). A run without
+    the option passes nothing, and the config decides."""
+
+    def __init__(self, config: str, name: str) -> None:
+        self.config, self.name = config, name  # "module:Class", "field" or "field.subfield"
+
+    def value(self) -> object:
+        module, cls = self.config.split(":")
+        value = getattr(importlib.import_module(module), cls)()
+        for part in self.name.split("."):
+            value = getattr(value, part)
+        return value
+
+    def __str__(self) -> str:
+        return str(self.value())
+
+
+VAE_CONFIG = "kinetoscope.train.vae:VAETrainConfig"
+DIT_CONFIG = "kinetoscope.train.dit:DiTTrainConfig"
+CAPTIONER_CONFIG = "kinetoscope.train.captioner:CaptionerTrainConfig"
+
+
+def _config_option(
+    parser: argparse.ArgumentParser, config: str, name: str, help: str, *flags: str, **kwargs
+) -> None:
+    """Option `--name` (or `flags`) for field `name` of `config`, its default the config's
+    (shown in the help unless the option says what None or False means itself)."""
+    shown = kwargs.pop("shown", True)
+    flags = flags or ("--" + name.split(".")[-1].replace("_", "-"),)
+    default = _ConfigDefault(config, name) if shown else None
+    if kwargs.get("action") != "store_true":
+        kwargs.setdefault("metavar", name.split(".")[-1].upper())
+    parser.add_argument(*flags, dest=name, default=default, help=help, **kwargs)
+
+
+def _overrides(args: argparse.Namespace, config: type) -> dict:
+    """The fields of training config class `config` that the command line sets (an option
+    for a nested config's field, "loss.mse_weight", replaces that field of its default)."""
+    given = {key: value for key, value in vars(args).items()
+             if value is not None and not isinstance(value, _ConfigDefault)}  # fmt: skip
+    overrides = {}
+    for field in dataclasses.fields(config):
+        if field.name in given:
+            overrides[field.name] = given[field.name]
+        nested = {key.split(".", 1)[1]: value for key, value in given.items()
+                  if key.startswith(field.name + ".")}  # fmt: skip
+        if nested:
+            overrides[field.name] = dataclasses.replace(getattr(config(), field.name), **nested)
+    return overrides
+
+
+def _common_train_options(parser: argparse.ArgumentParser, config: str) -> None:
+    """The options every trainer takes: run folder, resume, schedule, seed, devices."""
+    parser.add_argument("--out", required=True, help="run folder")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (else an existing run is refused; a cache/ in it is kept)",
+    )
+    option = functools.partial(_config_option, parser, config)
+    option("steps", "optimizer steps in all (the schedule's length)", type=_positive_int)
+    option("lr", "peak learning rate (AdamW)", type=float)
+    option("warmup", "linear warm-up steps", type=_count)
+    option("schedule", "after the warm-up: a constant rate, or a cosine decay",
+           choices=("constant", "cosine"))  # fmt: skip
+    option("checkpoint_every", "steps between checkpoints (and one at the end)", type=_positive_int)
+    option("seed", "seed of init, data order and every random draw", type=int)
+    option("precision", "auto: bf16 autocast where it is fast (GPUs, CPUs with AVX512-BF16 or "
+           "AMX)", choices=("auto", "bf16", "fp32"))  # fmt: skip
+    option("parallel", "under torchrun: ddp copies the model to every rank, fsdp shards "
+           "weights, gradients and optimizer state (FSDP2); one process trains the bare model "
+           "either way", choices=("ddp", "fsdp"))  # fmt: skip
+    option("threads", "torch CPU threads (default: torch's choice; use 1 on a machine busy with "
+           "other jobs, where waiting threads slow every small op down)", type=_positive_int,
+           shown=False)  # fmt: skip
+    option("device", "cpu, cuda or cuda:N (default: the GPU if any; under torchrun each rank's)",
+           shown=False)  # fmt: skip
+
+
+def _train_vae(args: argparse.Namespace) -> int:
+    from kinetoscope.train.vae import VAETrainConfig, train_vae
+
+    summary = train_vae(args.data, args.out, resume=args.resume, overwrite=args.overwrite,
+                        **_overrides(args, VAETrainConfig))  # fmt: skip
+    if summary.get("stopped"):
+        return 0
+    psnr = summary.get("heldout_psnr")
+    print(
+        f"trained {summary['steps']} steps: final loss {summary['final_loss']:.5f}"
+        + (f", held-out PSNR {psnr:.2f} dB" if psnr is not None else "")
+        + f", {summary['frames_per_second']:.1f} frames/s, {summary['skipped']} clips skipped"
+    )
+    print(f"VAE: {summary['checkpoint']}/model (load it with --vae {args.out})")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from kinetoscope.train.dit import DiTTrainConfig, train_dit
+
+    summary = train_dit(args.data, args.out, vae=args.vae, cache=args.cache, resume=args.resume,
+                        overwrite=args.overwrite, **_overrides(args, DiTTrainConfig))  # fmt: skip
+    if summary.get("stopped"):
+        return 0
+    print(
+        f"trained {summary['steps']} steps: final loss {summary['final_loss']:.4f}, "
+        f"{summary['tokens_per_second']:.0f} tokens/s, padding {summary['padding_fraction']:.1%}, "
+        f"{summary['nonfinite_steps']} non-finite steps skipped, "
+        f"{summary['skipped_clips']} clips skipped"
+    )
+    print(f"checkpoint: {summary['checkpoint']}")
+    return 0
+
+
+def _train_captioner(args: argparse.Namespace) -> int:
+    from kinetoscope.train.captioner import CaptionerTrainConfig, train_captioner
+
+    report = train_captioner(args.data, args.out, vae=args.vae, cache=args.cache,
+                             resume=args.resume, overwrite=args.overwrite,
+                             **_overrides(args, CaptionerTrainConfig))  # fmt: skip
+    if report.get("stopped"):
+        print(f"stopped at step {report['steps']}; continue with --resume")
+        return 0
+    accuracy = ", ".join(f"{k} {v:.1%}" for k, v in report["accuracy"].items())
+    print(f"{report['heldout']} held-out clips: {accuracy}; "
+          f"{report['clips_per_second']:.1f} clips/s")  # fmt: skip
+    print(f"captioner: {args.out} (caption --model {args.out})")
+    return 0
+
+
+def _add_train_vae(sub) -> None:
+    parser = sub.add_parser(
+        "train-vae",
+        help="train the causal video VAE on a manifest of clips",
+        description="Train the causal video VAE on the clips of a manifest (random crops of "
+        "native-size clips). Works unchanged under torchrun (--parallel ddp or fsdp). Writes "
+        "config.json, checkpoint/ (the VAE in checkpoint/model, what --vae RUN reads; the "
+        "training state --resume continues exactly), metrics.jsonl and loss.png to --out.",
+        formatter_class=_DefaultsHelp,
+    )
+    parser.add_argument("--data", required=True, help="manifest.jsonl of training clips")
+    _common_train_options(parser, VAE_CONFIG)
+    option = functools.partial(_config_option, parser, VAE_CONFIG)
+    option("preset", "VAE preset: tiny, world or base")
+    option("batch", "clips per step trained as videos (over all ranks)", type=_positive_int)
+    option("images", "single frames (cut from other clips) per step, on top of --batch videos",
+           type=_count)  # fmt: skip
+    option("image_steps", "first steps that train on single frames only (every clip gives one "
+           "frame)", type=_count)  # fmt: skip
+    option("crop", "random crop side (px, a multiple of 16)", type=_positive_int)
+    option("max_area", "clip area cap (px)", type=_positive_int)
+    option("max_frames", "frames per clip (1 + 4k); at least the length you will code: a "
+           "decoded frame depends on the last 10 latent frames, and frames past the trained "
+           "length come out badly", type=_positive_int)  # fmt: skip
+    option("loss.l1_weight", "weight of the L1 pixel loss (sharp edges)", type=float)
+    option("loss.mse_weight", "weight of the MSE pixel loss (what PSNR measures)", type=float)
+    option("eval_every", "steps between held-out PSNR measurements", type=_positive_int)
+    option("holdout", "clips at the manifest's end kept for PSNR", type=_count)
+    option("init", "start from this VAE's weights (a folder, a train-vae run or 'world'; "
+           "fine-tuning: new optimizer and schedule; --preset is then ignored)", metavar="VAE",
+           shown=False)  # fmt: skip
+    parser.set_defaults(run=_train_vae)
+
+
+def _add_train(sub) -> None:
+    parser = sub.add_parser(
+        "train",
+        help="train the text-conditioned diffusion transformer on a manifest",
+        description="Encode clips with a VAE (cached on disk), pack them at native size and "
+        "train a DiT with rectified flow. Works unchanged under torchrun (--parallel ddp or "
+        "fsdp). Writes config.json, checkpoint/ (the EMA weights in checkpoint/ema, what "
+        "generate --model RUN reads; a sharded training state that resumes at any world size), "
+        "metrics.jsonl, loss.png, previews and the VAE to --out.",
+        formatter_class=_DefaultsHelp,
+    )
+    parser.add_argument("--data", required=True, help="manifest.jsonl of captioned clips")
+    parser.add_argument(
+        "--vae", help="VAE folder or train-vae run (default: the bundled world VAE)"
+    )
+    parser.add_argument(
+        "--cache",
+        help="latent and text-embedding cache folder (default: RUN/cache); share it between "
+        "runs of the same data and VAE so clips are encoded once",
+    )
+    _common_train_options(parser, DIT_CONFIG)
+    option = functools.partial(_config_option, parser, DIT_CONFIG)
+    option("preset", "DiT preset: tiny, mini, small, base, ...")
+    option("init", "model or run folder whose weights start the run (fine-tune it; new "
+           "optimizer)", shown=False)  # fmt: skip
+    option("max_frames", "frames per clip (1 + 4k)", type=_positive_int)
+    option("max_area", "pixel area cap of a clip", type=_positive_int)
+    option("token_budget", "tokens per packed sequence (default: the longest clip's)",
+           type=_positive_int, shown=False)  # fmt: skip
+    option("sequences_per_batch", "packed sequences per batch", "--sequences", type=_positive_int)
+    option("accumulate", "batches per step on each rank (gradient accumulation); a step takes "
+           "world size x accumulate batches, which a resumed run must keep", type=_positive_int)  # fmt: skip
+    option("text_encoder", "tiny, minilm or a local Hugging Face folder (default: tiny for the "
+           "tiny preset, else minilm)", shown=False)  # fmt: skip
+    option("preview_every", "steps between previews (0: none)", type=_count)
+    option("timestep_mean", "location of the logit-normal timestep density (above 0: more "
+           "training at high noise, where layout and motion are decided)", type=float)  # fmt: skip
+    option("caption_dropout", "empty-prompt rate (for classifier-free guidance)", type=float)
+    option("given_prob", "rate of videos trained with clean given frames, a prefix or a suffix "
+           "(what image-to-video and extension sample with)", type=float)  # fmt: skip
+    option("ema_decay", "EMA decay of the sampling weights", type=float)
+    option("twin_batches", "keep mirror twins (world --mix world-model) in one batch with the "
+           "same timestep and noise, so the loss difference falls on the direction words",
+           action="store_true", shown=False)  # fmt: skip
+    option("probe_every", "steps between text-sensitivity probes (loss gap per caption "
+           "attribute, logged to metrics.jsonl and drawn beside the loss; 0: none)", type=_count)  # fmt: skip
+    option("gradient_checkpointing", "recompute each block in backward: less activation "
+           "memory, about a third more time", action="store_true", shown=False)  # fmt: skip
+    parser.set_defaults(run=_train)
+
+
+def _add_train_captioner(sub) -> None:
+    parser = sub.add_parser(
+        "train-captioner",
+        help="train the video captioner on world clips and their ground-truth captions",
+        description="Train a video-to-text model over the VAE's latents on a manifest's "
+        "captions (the long ones by default), then caption the held-out clips, parse the "
+        "captions back and report the accuracy of every attribute. Writes config.json, "
+        "checkpoint/ (the captioner in checkpoint/model, what caption --model RUN reads), "
+        "metrics.jsonl, loss.png and report.json to --out.",
+        formatter_class=_DefaultsHelp,
+    )
+    parser.add_argument("--data", required=True, help="manifest.jsonl of world clips")
+    parser.add_argument(
+        "--vae", help="VAE folder or train-vae run (default: the bundled world VAE)"
+    )
+    parser.add_argument("--cache", help="latent cache folder to share (e.g. a DiT run's)")
+    _common_train_options(parser, CAPTIONER_CONFIG)
+    option = functools.partial(_config_option, parser, CAPTIONER_CONFIG)
+    option("batch", "clips per step (over all ranks)", type=_positive_int)
+    option("level", "caption level to learn")
+    option("width", "model width", type=_positive_int)
+    option("layers", "layers each side", type=_positive_int)
+    option("holdout", "clips at the manifest's end held out for the report", type=_count)
+    parser.set_defaults(run=_train_captioner)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (also used to test that each one has --help)."""
     parser = argparse.ArgumentParser(
@@ -340,205 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_count, default=0, help="probing threads (0: one per core)"
     )
     index.set_defaults(run=_index)
-    train_vae = sub.add_parser(
-        "train-vae",
-        help="train the causal video VAE on a manifest of clips",
-        description="Train the causal video VAE on the clips of a manifest (random crops of "
-        "native-size clips). Checkpoints (safetensors + config.json, and the training state) "
-        "go to --out; --resume continues from them exactly.",
-        formatter_class=_DefaultsHelp,
-    )
-    train_vae.add_argument("--data", required=True, help="manifest.jsonl of training clips")
-    train_vae.add_argument("--preset", default="world", help="VAE preset: tiny, world or base")
-    train_vae.add_argument("--out", required=True, help="checkpoint folder")
-    train_vae.add_argument("--steps", type=int, required=True, help="optimizer steps in all")
-    train_vae.add_argument("--batch", type=int, default=4, help="clips per step")
-    train_vae.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
-    train_vae.add_argument(
-        "--precision",
-        choices=("auto", "bf16", "fp32"),
-        default="auto",
-        help="auto: bf16 autocast where it is fast (GPUs, CPUs with AVX512-BF16 or AMX)",
-    )
-    train_vae.add_argument("--eval-every", type=int, default=250, help="steps between evals")
-    train_vae.add_argument(
-        "--checkpoint-every", type=int, help="steps between checkpoints (default: --eval-every)"
-    )
-    train_vae.add_argument(
-        "--holdout", type=int, default=8, help="clips at the manifest's end kept for PSNR"
-    )
-    train_vae.add_argument("--resume", action="store_true", help="continue from --out")
-    train_vae.add_argument(
-        "--overwrite", action="store_true", help="replace the run in --out (else it is refused)"
-    )
-    train_vae.add_argument(
-        "--init",
-        metavar="VAE",
-        help="start from this VAE's weights (a folder or 'world'; fine-tuning: new optimizer "
-        "and schedule; --preset is then ignored)",
-    )
-    train_vae.add_argument("--seed", type=int, default=0, help="seed of init, order and crops")
-    train_vae.add_argument("--max-area", type=int, default=256 * 256, help="clip area cap (px)")
-    train_vae.add_argument(
-        "--max-frames",
-        type=int,
-        default=17,
-        help="frames per clip (1 + 4k); at least the length you will code: a decoded frame "
-        "depends on the last 10 latent frames, and frames past the trained length come out badly",
-    )
-    train_vae.add_argument("--crop", type=int, default=32, help="random crop side (px)")
-    train_vae.add_argument(
-        "--l1-weight", type=float, default=1.0, help="weight of the L1 pixel loss (sharp edges)"
-    )
-    train_vae.add_argument(
-        "--mse-weight",
-        type=float,
-        default=1.0,
-        help="weight of the MSE pixel loss (what PSNR measures)",
-    )
-    train_vae.add_argument(
-        "--images",
-        type=int,
-        default=0,
-        help="single frames (cut from other clips) per step, on top of --batch videos",
-    )
-    train_vae.add_argument(
-        "--image-steps",
-        type=int,
-        default=0,
-        help="first steps that train on single frames only (every clip gives one frame)",
-    )
-    train_vae.add_argument(
-        "--threads",
-        type=_positive_int,
-        help="torch CPU threads (default: torch's choice; use 1 on a machine busy with other "
-        "jobs, where waiting threads slow every small op down)",
-    )
-    train_vae.set_defaults(run=_train_vae)
-
-    train = sub.add_parser(
-        "train",
-        help="train the text-conditioned diffusion transformer on a manifest",
-        description="Encode clips with a VAE (cached on disk), pack them at native size and "
-        "train a DiT with rectified flow. Works unchanged under torchrun (--parallel ddp or "
-        "fsdp). Writes checkpoints (safetensors + config.json, and a sharded training state "
-        "that resumes at any world size), metrics.jsonl, loss.png and previews to --out.",
-        formatter_class=_DefaultsHelp,
-    )
-    train.add_argument("--data", required=True, help="manifest.jsonl of captioned clips")
-    train.add_argument("--preset", default="tiny", help="DiT preset: tiny, mini, small, base, ...")
-    train.add_argument("--out", required=True, help="run folder")
-    train.add_argument("--steps", type=int, default=1000, help="optimizer steps")
-    train.add_argument("--vae", help="VAE folder (default: the bundled world VAE)")
-    train.add_argument(
-        "--cache",
-        help="latent and text-embedding cache folder (default: RUN/cache); share it between "
-        "runs of the same data and VAE so clips are encoded once",
-    )
-    train.add_argument("--resume", action="store_true", help="continue the run in --out")
-    train.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace the run in --out (else an existing run is refused; its cache/ is kept)",
-    )
-    train.add_argument(
-        "--init",
-        help="model or run folder whose weights start the run (fine-tune it; new optimizer)",
-    )
-    train.add_argument("--lr", type=float, help="peak learning rate (default: the config's)")
-    train.add_argument(
-        "--precision", choices=("auto", "bf16", "fp32"), help="default auto: bf16 where fast"
-    )
-    train.add_argument("--seed", type=int, help="seed of init, data order and draws")
-    train.add_argument("--max-frames", type=int, help="frames per clip (1 + 4k)")
-    train.add_argument("--max-area", type=int, help="pixel area cap of a clip")
-    train.add_argument(
-        "--token-budget", type=int, help="tokens per packed sequence (default: longest clip)"
-    )
-    train.add_argument("--sequences", type=int, help="packed sequences per batch")
-    train.add_argument(
-        "--accumulate",
-        type=_positive_int,
-        help="batches per step on each rank (gradient accumulation); a step takes world size "
-        "x accumulate batches, which a resumed run must keep",
-    )
-    train.add_argument("--warmup", type=int, help="linear warm-up steps")
-    train.add_argument("--text-encoder", help="tiny, minilm or a local Hugging Face folder")
-    train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
-    train.add_argument("--preview-every", type=int, help="steps between previews (0: none)")
-    train.add_argument(
-        "--timestep-mean",
-        type=float,
-        help="location of the logit-normal timestep density (above 0: more training at high "
-        "noise, where layout and motion are decided)",
-    )
-    train.add_argument(
-        "--caption-dropout", type=float, help="empty-prompt rate (for classifier-free guidance)"
-    )
-    train.add_argument(
-        "--given-prob",
-        type=float,
-        help="rate of videos trained with clean given frames, a prefix or a suffix (what "
-        "image-to-video and extension sample with)",
-    )
-    train.add_argument("--ema-decay", type=float, help="EMA decay of the sampling weights")
-    train.add_argument(
-        "--twin-batches",
-        action="store_true",
-        help="keep mirror twins (world --mix world-model) in one batch with the same timestep "
-        "and noise, so the loss difference falls on the direction words",
-    )
-    train.add_argument(
-        "--probe-every",
-        type=int,
-        help="steps between text-sensitivity probes (loss gap per caption attribute, logged to "
-        "metrics.jsonl and drawn beside the loss; 0: none)",
-    )
-    train.add_argument("--threads", type=_positive_int, help="torch CPU threads")
-    train.add_argument(
-        "--device", help="cpu, cuda or cuda:N (default: the GPU if any; under torchrun each rank's)"
-    )
-    train.add_argument(
-        "--parallel",
-        choices=("ddp", "fsdp"),
-        help="under torchrun: ddp (the default) copies the model to every rank, fsdp shards "
-        "weights, gradients and optimizer state (FSDP2) for models too big for that; one "
-        "process trains the bare model either way",
-    )
-    train.add_argument(
-        "--gradient-checkpointing",
-        action="store_true",
-        help="recompute each block in backward: less activation memory, about a third more time",
-    )
-    train.set_defaults(run=_train)
+    _add_train_vae(sub)
+    _add_train(sub)
 
     add_generate_command(sub)
 
-    captioner = sub.add_parser(
-        "train-captioner",
-        help="train the video captioner on world clips and their ground-truth captions",
-        description="Train a video-to-text model over the VAE's latents on a manifest's "
-        "captions (the long ones by default), then caption the held-out clips, parse the "
-        "captions back and report the accuracy of every attribute.",
-        formatter_class=_DefaultsHelp,
-    )
-    captioner.add_argument("--data", required=True, help="manifest.jsonl of world clips")
-    captioner.add_argument("--out", required=True, help="run folder")
-    captioner.add_argument("--vae", help="VAE folder (default: the bundled world VAE)")
-    captioner.add_argument("--cache", help="latent cache folder to share (e.g. a DiT run's)")
-    captioner.add_argument("--resume", action="store_true", help="continue the run in --out")
-    captioner.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-    captioner.add_argument("--steps", type=_positive_int, help="training steps (default: 3000)")
-    captioner.add_argument("--batch", type=_positive_int, help="clips per step (default: 32)")
-    captioner.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3)")
-    captioner.add_argument("--level", help="caption level to learn (default: long)")
-    captioner.add_argument("--width", type=_positive_int, help="model width (default: 256)")
-    captioner.add_argument("--layers", type=_positive_int, help="layers each side (default: 3)")
-    captioner.add_argument("--holdout", type=int, help="clips held out (default: 200)")
-    captioner.add_argument("--checkpoint-every", type=_positive_int, help="(default: 500)")
-    captioner.add_argument("--seed", type=int, help="seed (default: 0)")
-    captioner.add_argument("--threads", type=_positive_int, help="torch CPU threads")
-    captioner.set_defaults(run=_train_captioner)
+    _add_train_captioner(sub)
 
     caption = sub.add_parser(
         "caption", help="print a caption for each video (the trained world captioner, or a "

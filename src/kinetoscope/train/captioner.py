@@ -1,17 +1,21 @@
 """Train the video captioner on world clips and their ground-truth captions.
 
     train_captioner("world/manifest.jsonl", "runs/captioner", steps=3000)
+    torchrun --nproc_per_node=2 -m kinetoscope train-captioner ...   # the same loop, DDP
 
 The clips are encoded once by the frozen VAE into the latent cache the DiT trainer uses (share
-it with `cache=`), and the captioner learns the `level` captions (the long ones by default:
-every object's size, colour, shape, start region and motion, and the background) by next-word
-cross-entropy. The last `holdout` clips are never trained on: at the end the exported model
-captions them, the world's caption parser reads each caption back, and the report gives the
-accuracy of every attribute against the clips' ground truth (`caption_accuracy`).
+it with `cache=`; each rank encodes a share), and the captioner learns the `level` captions (the
+long ones by default: every object's size, colour, shape, start region and motion, and the
+background) by next-word cross-entropy. A step draws `batch` training clips from (seed, step),
+whatever the world size (rank r takes those at r, r + world_size, ...); its loss is the mean
+over the caption words of the whole batch. The last `holdout` clips are never trained on: at
+the end the trained model captions them, the world's caption parser reads each caption back,
+and the report gives the accuracy of every attribute against the clips' ground truth
+(`caption_accuracy`).
 
-Run folder: `config.json` (the training config), `metrics.jsonl`, `checkpoint/` (model,
-optimizer, step; `--resume` continues it), `captioner/` (the exported model, what
-`kinetoscope caption --model` loads) and `report.json`.
+Run folder (`train/skeleton.py`): config.json, checkpoint/ (model/: the captioner, what
+`Captioner.load(out)` and `kinetoscope caption --model out` read; train_state/: what --resume
+reads), metrics.jsonl, loss.png, and report.json.
 """
 
 from __future__ import annotations
@@ -26,25 +30,22 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from kinetoscope.captioner import Captioner, CaptionerConfig, WordTokenizer
-from kinetoscope.checkpoint import (
-    load_tensors,
-    optimizer_state_from_tensors,
-    optimizer_state_to_tensors,
-    save_json,
-    save_model,
-    save_tensors,
-)
+from kinetoscope.checkpoint import load_config, save_json
 from kinetoscope.data.dataset import ClipDataset
 from kinetoscope.data.world import parse_caption
 from kinetoscope.nn import resolve_precision
+from kinetoscope.train.distributed import CHECKPOINT
 from kinetoscope.train.latents import LatentCache
-from kinetoscope.train.run import StopSignals, clear_run, prepare_run_folder
+from kinetoscope.train.skeleton import Run, check_run_config, configure, open_run
 from kinetoscope.vae import BUNDLED, load_vae
 
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint", "captioner", "report.json")
+# What a captioner run writes besides the skeleton's files; "captioner" is where runs from
+# before the skeleton exported the model (`overwrite` deletes it too).
+RUN_FILES = ("report.json", "captioner")
+# Fields that fix the clips and draws of each step: a resumed run must keep them.
+RESUME_FIELDS = ("seed", "batch", "level", "width", "layers", "max_area", "max_frames", "holdout")
 ATTRIBUTES = ("count", "color", "shape", "size", "motion", "background", "region")
 
 
@@ -52,20 +53,36 @@ ATTRIBUTES = ("count", "color", "shape", "size", "motion", "background", "region
 class CaptionerTrainConfig:
     """How the captioner trains; each default with its reason."""
 
-    steps: int = 3000
-    batch: int = 32  # clips per step: latents are small (tens of tokens), so many fit
-    lr: float = 1e-3
-    warmup: int = 200
+    steps: int = 3000  # optimizer steps in all (the schedule's length)
+    batch: int = 32  # clips a step, over all ranks: latents are small (tens of tokens)
+    lr: float = 1e-3  # AdamW peak rate: a small transformer trained from scratch
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW defaults
+    weight_decay: float = 0.01  # AdamW's light default decay
+    warmup: int = 200  # linear warm-up steps: post-norm-free (norm_first) layers still need it
+    schedule: str = "cosine"  # the rate decays, so the last steps settle on the words
+    final_lr_scale: float = 0.0  # the cosine ends at zero
+    grad_clip: float = 1.0  # max global gradient norm; rare spikes stay harmless
     level: str = "long"  # the most descriptive ground truth: start regions and motions too
-    width: int = 256
+    width: int = 256  # model width: enough for the world's vocabulary of a few hundred words
     layers: int = 3  # encoder and decoder each
     max_area: int = 256 * 256  # as the DiT trainer's, so the two share the latent cache
-    max_frames: int = 49
+    max_frames: int = 49  # as the world model's longest clips (the model reads 5 latent frames)
     holdout: int = 200  # last clips of the manifest, never trained on, for the report
-    precision: str = "auto"
-    seed: int = 0
-    checkpoint_every: int = 500
-    threads: int | None = None
+    precision: str = "auto"  # bf16 autocast where bf16 is fast (GPUs, AVX512-BF16/AMX CPUs)
+    # Under torchrun: "ddp" keeps the whole model on each rank; "fsdp" shards it. One process
+    # trains the bare model either way.
+    parallel: str = "ddp"
+    seed: int = 0  # init, the clips of each step
+    checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
+    threads: int | None = None  # CPU threads (torch.set_num_threads); None: torch's default
+    device: str | None = None  # "cpu", "cuda", "cuda:1"; None: this rank's GPU if any
+    max_nonfinite_steps: int = 20  # non-finite steps in a row before the run stops
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        check_run_config(self)
+        if self.batch < 1 or self.width < 1 or self.layers < 1 or self.holdout < 0:
+            raise ValueError("batch, width and layers must be at least 1, holdout at least 0")
 
 
 def caption_accuracy(captions: list[str], truths: list[dict]) -> dict[str, float]:
@@ -99,97 +116,102 @@ def _batch(model: Captioner, tokens: list[list[int]]) -> torch.Tensor:
 def train_captioner(
     data: str | os.PathLike,
     out: str | os.PathLike,
+    config: CaptionerTrainConfig | None = None,
     *,
     vae: str | os.PathLike | None = None,
     cache: str | os.PathLike | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    stop_at: int | None = None,
     progress: bool = True,
     **overrides,
 ) -> dict:
-    """Train, export and report (see the module docstring); returns the report."""
-    config = CaptionerTrainConfig(**overrides)
-    out = prepare_run_folder(out, resume=resume, overwrite=overwrite, run_files=RUN_FILES)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    vae_model = load_vae(BUNDLED["world"] if vae is None else vae).requires_grad_(False)
+    """Train, then report on the held-out clips (see the module docstring); keyword
+    `overrides` replace fields of `config`. `vae`: a VAE folder, train-vae run or bundled name
+    (default: the bundled world VAE). Returns the report (and the run's summary) on every
+    rank; a call that stops at `stop_at` returns {"steps": N, "stopped": True}."""
+    config = configure(CaptionerTrainConfig, config, overrides)
+    if resume and (Path(out) / CHECKPOINT / "state.json").is_file():
+        raise ValueError(
+            f"{out} was written by an earlier train-captioner, which cannot --resume; its "
+            f"model still loads (caption --model {out}); start a new --out"
+        )
+    with open_run(out, config, name="train-captioner", data=data, resume=resume,
+                  overwrite=overwrite, run_files=RUN_FILES, resume_fields=RESUME_FIELDS,
+                  progress=progress) as run:  # fmt: skip
+        cache = Path(cache) if cache is not None else run.out / "cache"
+        return _train(run, Path(data), vae, cache, stop_at)
+
+
+def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, stop_at) -> dict:
+    config, ddp, device = run.config, run.ddp, run.device
+    # 1. Latents of every clip in the cache (each rank encodes a share), and their captions.
+    vae_model = load_vae("world" if vae is None else vae).to(device).requires_grad_(False)
     dataset = ClipDataset(data, max_area=config.max_area, max_frames=config.max_frames,
                           caption_level=config.level, temporal_crop="start", seed=config.seed)  # fmt: skip
-    precision = resolve_precision(config.precision, "cpu")
-    latents = LatentCache(dataset, vae_model, Path(cache or out / "cache") / "latents", precision)
-    cached = latents.fill(progress=progress)
+    precision = ddp.agree(resolve_precision(config.precision, device) if run.main else None)
+    latents = LatentCache(dataset, vae_model, cache / "latents", precision)
+    latents.fill(list(range(ddp.rank, len(dataset), ddp.world_size)), device,
+                 run.progress and run.main)  # fmt: skip
+    ddp.barrier()  # every rank's share is on disk before anyone looks for it
+    cached = [i for i in range(len(dataset)) if latents.has(i)]
     if len(cached) <= config.holdout:
         raise ValueError(f"{len(cached)} clips cached; need more than --holdout {config.holdout}")
     train_ids, held_ids = cached[: -config.holdout or None], cached[len(cached) - config.holdout :]
     captions = {i: dataset.caption(i) for i in cached}
     if any(not captions[i] for i in train_ids):
         raise ValueError(f"some clips of {data} have no {config.level!r} caption")
+    if min(config.batch, len(train_ids)) < ddp.world_size:
+        raise ValueError(f"a step of {config.batch} clips cannot feed {ddp.world_size} ranks")
 
-    checkpoint = out / "checkpoint"
-    if resume:
-        model = Captioner.load(checkpoint / "model").train()
+    # 2. The model: the checkpoint's (its vocabulary too), or one over the training captions'
+    #    words (seeded: every rank builds the same).
+    if run.checkpoint is not None:
+        model = Captioner(load_config(run.checkpoint / "model", CaptionerConfig))
     else:
-        clear_run(out, RUN_FILES)
-        save_json(out / "config.json", asdict(config))
         tokenizer = WordTokenizer.fit([captions[i] for i in train_ids])
         torch.manual_seed(config.seed)
         model = Captioner(CaptionerConfig(
             vocab=tokenizer.vocab, latent_channels=vae_model.config.latent_channels,
             width=config.width, encoder_layers=config.layers, decoder_layers=config.layers))  # fmt: skip
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
-    step = 0
-    if resume:
-        state = json.loads((checkpoint / "state.json").read_text())
-        optimizer_state_from_tensors(optimizer, load_tensors(checkpoint / "optimizer.safetensors"), state["optimizer"])  # fmt: skip
-        step = int(state["step"])
-    rng = np.random.default_rng(config.seed + step)
+    net = run.attach(model.to(device).train(), precision=precision)
+    named = vae is None or str(vae) in BUNDLED
+    run.meta = {"data": run.portable(data), "level": config.level, "train": asdict(config),
+                "vae": ("world" if vae is None else str(vae)) if named else run.portable(vae)}  # fmt: skip
     tokens = {i: model.tokenizer.encode(captions[i]) for i in train_ids}
-    loss_fn = nn.CrossEntropyLoss(ignore_index=0)
-    bf16 = precision == "bf16"
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
 
-    def save() -> None:
-        save_model(checkpoint / "model", model, model.config)
-        tensors, rest = optimizer_state_to_tensors(optimizer)
-        save_tensors(checkpoint / "optimizer.safetensors", tensors)
-        save_json(checkpoint / "state.json", {"step": step, "optimizer": rest})
+    # 3. The loop.
+    while run.step < config.steps:
+        if run.stopping(stop_at):
+            return run.stopped()
+        run.begin_step()
+        draws = np.random.default_rng([config.seed, run.step])
+        chosen = draws.choice(train_ids, size=min(config.batch, len(train_ids)), replace=False)
+        mine = [int(i) for i in chosen[ddp.rank :: ddp.world_size]]
+        batch = _batch(model, [tokens[i] for i in mine]).to(device)  # (B, S)
+        with autocast:
+            logits = net([latents.load(i).to(device) for i in mine], batch[:, :-1])  # (B, S-1, V)
+        targets = batch[:, 1:]
+        # Every caption word of the global batch weighs the same; DDP and FSDP average the
+        # ranks' gradients, hence the world size.
+        words = float(ddp.all_reduce((targets != 0).sum().double()))
+        total = nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                            ignore_index=0, reduction="sum")  # fmt: skip
+        (total * (ddp.world_size / words)).backward()
+        loss = float(ddp.all_reduce(total.detach().double())) / words
+        run.update(math.isfinite(loss))
+        run.log(run.end_step(loss, {"clips": len(chosen)}))
+        run.save_if_due()
 
-    bar = tqdm(total=config.steps, initial=step, desc="train-captioner", disable=not progress)
-    with StopSignals() as signals, open(out / "metrics.jsonl", "a") as metrics:
-        signals.arm()
-        while step < config.steps and signals.signum is None:
-            scale = min(1.0, (step + 1) / config.warmup)
-            scale *= 0.5 * (1 + math.cos(math.pi * step / config.steps))  # cosine to zero
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * scale
-            chosen = rng.choice(train_ids, size=min(config.batch, len(train_ids)), replace=False)
-            batch = _batch(model, [tokens[int(i)] for i in chosen])  # (B, S)
-            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-                logits = model([latents.load(int(i)) for i in chosen], batch[:, :-1])
-            loss = loss_fn(logits.float().flatten(0, 1), batch[:, 1:].flatten())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            metrics.write(
-                json.dumps({"step": step, "loss": loss.item(), "time": time.time()}) + "\n"
-            )
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                save()
-        if signals.signum is not None:
-            save()
-    bar.close()
-    model.eval()
-    report = {"step": step, "clips": len(train_ids), "heldout": len(held_ids)}
-    if step >= config.steps:
-        meta = {"data": str(data), "steps": step, "level": config.level,
-                "vae": "world" if vae is None else str(vae)}  # fmt: skip
-        model.save(out / "captioner", meta=meta)
-        report.update(evaluate_captioner(model, latents, dataset, held_ids))
-        save_json(out / "report.json", report)
-    return report
+    # 4. The report on the held-out clips, from the whole model on rank 0.
+    report = {"step": run.step, "clips": len(train_ids), "heldout": len(held_ids)}
+    report |= run.measure(
+        lambda whole: evaluate_captioner(whole.eval(), latents, dataset, held_ids)
+    )
+    if run.main:
+        save_json(run.out / "report.json", report)
+    return run.summary(**report)
 
 
 def evaluate_captioner(model: Captioner, latents: LatentCache, dataset: ClipDataset,

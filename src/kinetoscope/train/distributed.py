@@ -7,7 +7,8 @@
 - `gradient_sync`, `clip_grad_norm`, `all_finite`: the steps of a loop that differ by mode.
 - `consolidated`: a module's whole weights as a plain module on rank 0 (gathered under FSDP),
   for exports, previews and probes.
-- `save_sharded` / `load_sharded`: model, EMA and optimizer as a torch.distributed.checkpoint
+- `save_sharded` / `load_sharded`: model, EMA (where the trainer keeps one) and optimizer as a
+  torch.distributed.checkpoint
   (DCP) folder. Every rank writes its own shards (the folder must be on storage all ranks
   see) and loading reshards them to the world size at hand, in either mode. Only tensors are
   saved, and the folder's metadata is read by an unpickler that knows DCP's own classes and
@@ -16,7 +17,8 @@
   into a fresh folder and swapped in by renames (a crash leaves the previous one whole):
 
       checkpoint/model/, checkpoint/ema/   whole weights (safetensors + config.json): what
-                                           `load_dit` and `Pipeline.load` read
+                                           `load_vae`, `Captioner.load` and `Pipeline.load`
+                                           read (ema/ only where the trainer keeps an EMA)
       checkpoint/train_state/state.json    the loop's state, the optimizer's param groups
       checkpoint/train_state/sharded/      model, EMA and optimizer (DCP): what resume reads
 
@@ -63,12 +65,13 @@ M = TypeVar("M", bound=nn.Module)
 
 
 def parallelize(
-    model: nn.Module, ema: nn.Module, parallel: str, ddp: Distributed, precision: str
+    model: nn.Module, ema: nn.Module | None, parallel: str, ddp: Distributed, precision: str
 ) -> nn.Module:
     """The module the loop calls: `model` itself at world size 1, else wrapped for `parallel`.
 
-    `model` and `ema` have the same structure and a `blocks` list (the DiT). Under "fsdp" both
-    are sharded the same way, so an EMA update is an elementwise op on each rank's shards.
+    `ema` (None: the trainer keeps none) has the structure of `model`. Under "fsdp" both are
+    sharded the same way, so an EMA update is an elementwise op on each rank's shards: a
+    model with a `blocks` list (the DiT) one block at a time, any other as one unit.
     With precision "bf16", FSDP gathers parameters and computes in bf16 and reduces gradients
     in fp32; the sharded parameters and the optimizer stay fp32.
     """
@@ -87,8 +90,12 @@ def parallelize(
         # embedding; autocast casts what the matmuls take.
         cast_forward_inputs=False,
     )
-    for module, policy in ((model, bf16 if precision == "bf16" else fp32), (ema, fp32)):
-        for block in module.blocks:  # a unit per block: one block's weights gathered at a time
+    modules = [(model, bf16 if precision == "bf16" else fp32)] + (
+        [(ema, fp32)] if ema is not None else []
+    )
+    for module, policy in modules:
+        # A unit per block: one block's weights gathered at a time.
+        for block in getattr(module, "blocks", ()):
             fully_shard(block, mesh=mesh, mp_policy=policy)
         fully_shard(module, mesh=mesh, mp_policy=policy)
     # The DiT returns a view; FSDP warns in case it is changed in place, which the loss never does.
@@ -150,16 +157,14 @@ def consolidated(module: M, empty: Callable[[], M], ddp: Distributed) -> M | Non
 
 
 def _training_state(
-    model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer
+    model: nn.Module, ema: nn.Module | None, optimizer: torch.optim.Optimizer
 ) -> tuple[dict, list]:
-    """(model, EMA and optimizer moments as DCP state, the optimizer's param groups). The
-    param groups (rates, betas, parameter names) stay out of DCP, which would pickle them."""
+    """(model, EMA if any and optimizer moments as DCP state, the optimizer's param groups).
+    The param groups (rates, betas, parameter names) stay out of DCP, which would pickle them."""
     optimizer_state = get_optimizer_state_dict(model, optimizer)
-    state = {
-        "model": get_model_state_dict(model),
-        "ema": get_model_state_dict(ema),
-        "optimizer": optimizer_state["state"],
-    }
+    state = {"model": get_model_state_dict(model), "optimizer": optimizer_state["state"]}
+    if ema is not None:
+        state["ema"] = get_model_state_dict(ema)
     return state, optimizer_state["param_groups"]
 
 
@@ -180,9 +185,12 @@ def _quietly() -> Iterator[None]:
 
 
 def save_sharded(
-    folder: str | os.PathLike, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer
+    folder: str | os.PathLike,
+    model: nn.Module,
+    ema: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
 ) -> list[dict]:
-    """Write model, EMA and optimizer state into `folder` as a DCP checkpoint: each rank its
+    """Write model, EMA (if any) and optimizer state into `folder` as a DCP checkpoint: each rank its
     shards (DDP's replicas once). Return the optimizer's param groups (plain values, to keep as
     JSON beside it). Every rank must call it."""
     state, param_groups = _training_state(model, ema, optimizer)
@@ -258,7 +266,7 @@ class _SafeReader(dcp.FileSystemReader):
 def load_sharded(
     folder: str | os.PathLike,
     model: nn.Module,
-    ema: nn.Module,
+    ema: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     param_groups: list[dict] | None = None,
 ) -> None:
@@ -271,7 +279,8 @@ def load_sharded(
     with _quietly():
         dcp.load(state, storage_reader=reader)
     set_model_state_dict(model, state["model"])
-    set_model_state_dict(ema, state["ema"])
+    if ema is not None:
+        set_model_state_dict(ema, state["ema"])
     set_optimizer_state_dict(
         model, optimizer, {"state": state["optimizer"], "param_groups": param_groups}
     )
@@ -279,10 +288,10 @@ def load_sharded(
 
 def _load_full_state(
     model: nn.Module,
-    ema: nn.Module,
+    ema: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     model_state: dict[str, Tensor],
-    ema_state: dict[str, Tensor],
+    ema_state: dict[str, Tensor] | None,
     optimizer_state: dict,
 ) -> None:
     """Load whole state dicts (as a single process saves them; the optimizer's keyed by the
@@ -290,7 +299,8 @@ def _load_full_state(
     not. Every rank must call it with the same state."""
     full = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, model_state, options=full)
-    set_model_state_dict(ema, ema_state, options=full)
+    if ema is not None:
+        set_model_state_dict(ema, ema_state, options=full)
     names = [name for name, _ in model.named_parameters()]
     by_name = {
         "state": {names[int(i)]: value for i, value in optimizer_state["state"].items()},
@@ -313,14 +323,14 @@ SHARDED = "sharded"  # in STATE
 def save_checkpoint(
     out: Path,
     model: nn.Module,
-    ema: nn.Module,
+    ema: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     state: dict,
     meta: dict,
     ddp: Distributed,
     empty: Callable[[], nn.Module],
 ) -> Path:
-    """Write `out/checkpoint`: the sharded training state, the whole model and EMA (with
+    """Write `out/checkpoint`: the sharded training state, the whole model and EMA if any (with
     `meta`; `empty` builds a plain model, see `consolidated`) and the loop `state`, into a fresh
     folder swapped in by renames. Every rank must call it."""
     partial, final, old = (
@@ -332,12 +342,14 @@ def save_checkpoint(
         shutil.rmtree(partial, ignore_errors=True)
     ddp.barrier()  # the fresh folder is empty before any rank writes its shards into it
     param_groups = save_sharded(partial / STATE / SHARDED, model, ema, optimizer)
-    whole_model, whole_ema = consolidated(model, empty, ddp), consolidated(ema, empty, ddp)
+    whole_model = consolidated(model, empty, ddp)
+    whole_ema = consolidated(ema, empty, ddp) if ema is not None else None
     if ddp.rank == 0:
         # Step and training seconds so far: enough to plot quality against compute later.
         meta = {**meta, "step": state["step"], "seconds": round(state["seconds"], 1)}
         save_model(partial / "model", whole_model, model.config, meta=meta)
-        save_model(partial / "ema", whole_ema, ema.config, meta={**meta, "ema": True})
+        if whole_ema is not None:
+            save_model(partial / "ema", whole_ema, ema.config, meta={**meta, "ema": True})
         save_json(
             partial / STATE / "state.json", {**state, "optimizer": {"param_groups": param_groups}}
         )
@@ -361,18 +373,20 @@ def checkpoint_folder(out: Path) -> Path | None:
 def load_checkpoint(
     checkpoint: Path,
     model: nn.Module,
-    ema: nn.Module,
+    ema: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     saved: dict,
 ) -> None:
-    """Resume `model`, `ema` and `optimizer` from `checkpoint` (`saved`: its state.json): the
-    sharded state, resharded to this run; or, from a run saved before sharded checkpoints, the
-    whole weights and the index-keyed optimizer moments. Every rank must call it."""
+    """Resume `model`, `ema` (if any) and `optimizer` from `checkpoint` (`saved`: its
+    state.json): the sharded state, resharded to this run; or, from a run saved before sharded
+    checkpoints, the whole weights and the index-keyed optimizer moments. Every rank must call
+    it."""
     if (checkpoint / STATE / SHARDED).is_dir():
         groups = saved["optimizer"].get("param_groups")
         load_sharded(checkpoint / STATE / SHARDED, model, ema, optimizer, groups)
         return
-    weights = {part: load_tensors(checkpoint / part / WEIGHTS) for part in ("model", "ema")}
+    parts = ("model", "ema") if ema is not None else ("model",)
+    weights = {part: load_tensors(checkpoint / part / WEIGHTS) for part in parts}
     for part, tensors in weights.items():
         check_finite(tensors, checkpoint / part / WEIGHTS)
     moments = load_tensors(checkpoint / STATE / "optimizer.safetensors")
@@ -380,7 +394,7 @@ def load_checkpoint(
     for key, tensor in moments.items():  # "3.exp_avg": moment exp_avg of parameter 3
         index, name = key.split(".", 1)
         optimizer_state["state"].setdefault(index, {})[name] = tensor
-    _load_full_state(model, ema, optimizer, weights["model"], weights["ema"], optimizer_state)
+    _load_full_state(model, ema, optimizer, weights["model"], weights.get("ema"), optimizer_state)
 
 
 def check_global_batch(

@@ -24,7 +24,8 @@ Steps, in the order the loop takes them:
    averages its batches (and DDP or FSDP its ranks) with equal weight.
 6. Update. bf16 autocast forward (under FSDP also bf16 gathered weights, fp32 gradient
    reductions), fp32 loss and weights, gradient clipping, AdamW with linear
-   warm-up then a constant rate (DiT, SD3), and an EMA of the weights for sampling. A step
+   warm-up then a constant rate (DiT, SD3; `schedule="cosine"` decays it), and an EMA of the
+   weights for sampling (`train/skeleton.py` holds what every trainer shares). A step
    whose loss or gradient norm is not finite on any rank is skipped by all of them, counted
    and logged.
 
@@ -35,10 +36,12 @@ would take. The batches and draws do not depend on the world size either: one pr
 `accumulate=2` sees the same global batches as two ranks with `accumulate=1`, so a run may
 resume at another world size that keeps world_size x accumulate.
 
-Output folder:
+Output folder (every trainer's layout, `train/skeleton.py`, and the DiT's own outputs):
 
+    config.json         the training config
     checkpoint/model/   DiT weights being trained (model.safetensors + config.json)
-    checkpoint/ema/     their EMA: the weights to sample from (load with `load_dit`)
+    checkpoint/ema/     their EMA: the weights to sample from (`Pipeline.load(out)`,
+                        `load_dit`); their meta names the VAE (a bundled name, or ../../vae)
     checkpoint/train_state/  loop state (state.json) and sharded/, model, EMA and optimizer
                         moments as a torch.distributed.checkpoint: what --resume reads, at
                         any world size, with DDP or FSDP (`train/distributed.py`)
@@ -62,80 +65,53 @@ last checkpoint as it was (weights that are not finite are never saved).
 from __future__ import annotations
 
 import copy
-import functools
-import hashlib
-import json
 import logging
-import math
 import os
 import shutil
-import signal
-import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch import nn
-from tqdm import tqdm
 
-from kinetoscope.checkpoint import load_config, load_weights, save_model
+from kinetoscope.checkpoint import load_config, load_weights, resolve_model_folder, save_model
 from kinetoscope.data.dataset import ClipDataset
 from kinetoscope.diffusion import flow_loss
 from kinetoscope.dit import DIT_PRESETS, DiT, DiTConfig
 from kinetoscope.evaluate.sensitivity import ATTRIBUTES, build_probe, text_sensitivity
 from kinetoscope.io import write_video
-from kinetoscope.nn import PRECISIONS, resolve_precision
+from kinetoscope.nn import resolve_precision
 from kinetoscope.patches import TokenBudgetBatchSampler, item_tokens
-from kinetoscope.pipeline import Pipeline, dit_folder
+from kinetoscope.pipeline import Pipeline
 from kinetoscope.text import EmbeddingCache, load_text_encoder
 from kinetoscope.text.base import TextEncoder
-from kinetoscope.train.batch import make_batch
+from kinetoscope.train.batch import TrainBatch, make_batch
 from kinetoscope.train.distributed import (
-    CHECKPOINT,
-    PARALLEL,
-    STATE,
-    all_finite,
     check_global_batch,
-    checkpoint_folder,
-    clip_grad_norm,
     consolidated,
     gradient_sync,
-    is_sharded,
-    load_checkpoint,
-    parallelize,
-    save_checkpoint,
 )
 from kinetoscope.train.latents import LatentCache, vae_identity
-from kinetoscope.train.plots import plot_loss
-from kinetoscope.train.run import (
-    Distributed,
-    Diverged,
-    Interrupted,
-    StopSignals,
-    clear_run,
-    data_digest,
-    prepare_run_folder,
-    read_run_state,
-    setup_distributed,
+from kinetoscope.train.plots import plot_loss  # noqa: F401 (re-exported, as before)
+from kinetoscope.train.skeleton import (
+    Run,
+    check_run_config,
+    check_same,
+    configure,
+    draw_seed,
+    open_run,
 )
-from kinetoscope.vae import VideoVAE, load_vae
+from kinetoscope.vae import BUNDLED, VideoVAE, load_vae
 
 log = logging.getLogger("kinetoscope.train")
 
-# What a DiT run writes into its folder (`overwrite` deletes these; a shared cache/ stays).
-RUN_FILES = (
-    CHECKPOINT, f".{CHECKPOINT}.old", f".{CHECKPOINT}.partial", "metrics.jsonl", "loss.png",
-    "previews", "vae", ".vae.partial",
-)  # fmt: skip
-# The bundled world VAE, shipped as package data beside the code.
-BUNDLED_VAE = Path(__file__).resolve().parents[1] / "weights" / "world-vae"
+# What a DiT run writes besides the skeleton's files (`overwrite` deletes these; cache/ stays).
+RUN_FILES = ("previews", "vae", ".vae.partial")
 
 
 @dataclass
 class DiTTrainConfig:
-    """Everything that decides a DiT training run; stored in the checkpoint's state."""
+    """Everything that decides a DiT training run; stored in config.json and checkpoints."""
 
     preset: str = "tiny"  # transformer size (DIT_PRESETS); in/out widths follow VAE and text
     steps: int = 1000  # optimizer steps in all (the schedule's length)
@@ -143,6 +119,8 @@ class DiTTrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW defaults, as DiT and SD3 train
     weight_decay: float = 0.0  # DiT trains without it
     warmup: int = 100  # linear warm-up steps: adaLN-Zero starts calm, Adam's moments do not
+    schedule: str = "constant"  # DiT and SD3 train at a constant rate; the EMA smooths it
+    final_lr_scale: float = 0.1  # where schedule is "cosine": it ends at a tenth of lr
     grad_clip: float = 1.0  # max global gradient norm; rare spikes stay harmless
     ema_decay: float = 0.999  # EMA of the weights for sampling (ramped in, see _ema_decay)
     token_budget: int | None = None  # tokens per sequence; None: the longest clip's count
@@ -189,33 +167,23 @@ class DiTTrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         self.preview_prompts = tuple(self.preview_prompts)
+        self.init = None if self.init is None else str(self.init)  # a folder may come as a Path
         if self.preset not in DIT_PRESETS:
             raise ValueError(
                 f"unknown DiT preset {self.preset!r}; choose one of {list(DIT_PRESETS)}"
             )
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.parallel not in PARALLEL:
-            raise ValueError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
-        names = ("steps", "sequences_per_batch", "accumulate", "checkpoint_every",
-                 "max_nonfinite_steps")  # fmt: skip
-        for name in names:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_run_config(self)
+        if self.sequences_per_batch < 1 or self.accumulate < 1:
+            raise ValueError("sequences_per_batch and accumulate must be at least 1")
         for name in ("caption_dropout", "given_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        for name in ("lr", "timestep_mean"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
-        if self.lr <= 0 or self.warmup < 0 or not self.grad_clip > 0 or self.preview_every < 0:
-            raise ValueError("lr and grad_clip must be positive, warmup and preview_every >= 0")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(
-                f"threads must be at least 1 (or None: torch's choice), got {self.threads}"
-            )
+        if not np.isfinite(self.timestep_mean):
+            raise ValueError(f"timestep_mean must be a finite number, got {self.timestep_mean}")
+        if self.preview_every < 0:
+            raise ValueError(f"preview_every must be 0 (off) or more, got {self.preview_every}")
         if self.twin_batches and self.sequences_per_batch != 1:
             raise ValueError("twin_batches packs each pair into one sequence: set sequences to 1")
         if self.probe_every < 0 or self.probe_clips < 1:
@@ -233,39 +201,16 @@ RESUME_FIELDS = (
 
 
 def load_dit(folder: str | os.PathLike) -> DiT:
-    """A DiT from a model folder (e.g. `out/checkpoint/ema`), in eval mode."""
+    """A DiT from a model folder (e.g. `out/checkpoint/ema`) or a run folder, in eval mode."""
+    folder = resolve_model_folder(folder)
     dit = DiT(load_config(folder, DiTConfig))
     load_weights(folder, dit)
     return dit.eval()
 
 
-# ---------------------------------------------------------------------------------------------
-# Helpers of the loop
-
-
-def _learning_rate(step: int, lr: float, warmup: int) -> float:
-    """Linear warm-up to `lr`, then constant (DiT and SD3 train at a constant rate)."""
-    return lr * min(1.0, (step + 1) / warmup) if warmup else lr
-
-
 def _ema_decay(step: int, decay: float) -> float:
     """`decay`, ramped in as (1 + n) / (10 + n) so early EMA weights are not mostly init."""
     return min(decay, (1 + step) / (10 + step))
-
-
-def _batch_seed(seed: int, epoch: int, number: int) -> int:
-    """Seed of the draws of batch `number` of `epoch`: the same on any rank and world size."""
-    key = f"{seed}:{epoch}:{number}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
-
-
-def weights_digest(model: nn.Module) -> str:
-    """sha256 of a model's parameters, to compare ranks and runs bit for bit."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def sample_previews(
@@ -291,43 +236,312 @@ def sample_previews(
     )
 
 
-def _one_order(sampler_state: dict | None) -> dict | None:
-    """A saved sampler state in the one batch order of every world size. Runs from before it
-    dealt rank r every world_size-th batch; their position counted this rank's batches."""
-    if sampler_state is None or sampler_state["world_size"] == 1:
-        return sampler_state
-    position = sampler_state["position"] * sampler_state["world_size"]
-    return {**sampler_state, "position": position, "world_size": 1}
+# ---------------------------------------------------------------------------------------------
+# The run
 
 
-def _append_metrics(path: Path, row: dict) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
+def train_dit(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    config: DiTTrainConfig | None = None,
+    *,
+    vae: str | os.PathLike | None = None,
+    cache: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_at: int | None = None,
+    progress: bool = True,
+    **overrides,
+) -> dict:
+    """Train a DiT on the clips of manifest `data`; write checkpoints, metrics and previews to
+    `out` (see the module docstring). Runs unchanged under torchrun (DDP, or FSDP: `parallel`).
+
+    `config` holds every setting; keyword `overrides` replace its fields (e.g. `steps=100`).
+    `vae` is a VAE folder, a train-vae run or a bundled name (default: the bundled world VAE).
+    `cache` is the latent and text embedding cache folder (default `out/cache`; share it
+    between runs of the same data; all ranks must see it). `resume` continues exactly from the
+    checkpoint in `out` (from scratch when there is none yet), and refuses a different VAE,
+    manifest or data-order setting. Without `resume`, an `out` that holds a run is refused
+    unless `overwrite` (its run files are then replaced; a cache inside it is kept). `stop_at`
+    ends this call at that step with a checkpoint (the run still counts `steps`). SIGINT or
+    SIGTERM saves a checkpoint and raises `Interrupted`; a run that diverges raises `Diverged`
+    (see the module docstring).
+
+    Returns a summary on every rank: steps, first and final loss, nonfinite_steps,
+    skipped_clips, tokens_per_second, padding_fraction, train_seconds, checkpoint, and
+    weights_sha256 of this rank's weights (of the whole gathered weights under FSDP).
+    """
+    config = configure(DiTTrainConfig, config, overrides)
+    vae_folder = _resolve_vae(vae)
+    with open_run(out, config, name="train-dit", data=data, resume=resume, overwrite=overwrite,
+                  run_files=RUN_FILES, resume_fields=RESUME_FIELDS, progress=progress) as run:  # fmt: skip
+        if run.saved is not None:
+            saved_accumulate = run.saved_config["accumulate"]
+            check_global_batch(run.out, run.saved, saved_accumulate, config.accumulate, run.ddp)
+        cache = Path(cache) if cache is not None else run.out / "cache"
+        return _train(run, Path(data), vae_folder, cache, stop_at)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines of steps after `step` (logged after the checkpoint a run resumes)."""
-    if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line)["step"] <= step]
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, path)
+def _train(run: Run, data: Path, vae_folder: Path, cache: Path, stop_at: int | None) -> dict:
+    config, ddp, device = run.config, run.ddp, run.device
+    # 1. Frozen VAE and text encoder; latents of every clip in the cache (each rank a share).
+    vae = load_vae(vae_folder).to(device).requires_grad_(False)
+    identity = vae_identity(vae)
+    if run.saved is not None:
+        check_same(run.out, "vae", run.saved, identity, str(vae_folder))
+    text_name = config.text_encoder or ("tiny" if config.preset == "tiny" else "minilm")
+    text = EmbeddingCache(load_text_encoder(text_name), cache / "text")
+    dataset = ClipDataset(data, max_area=config.max_area, max_frames=config.max_frames,
+                          fps=config.fps, temporal_crop="start", seed=config.seed)  # fmt: skip
+    # AVX2-only CPUs: bf16 is 10x slower; "auto" measures (kinetoscope.nn.resolve_precision),
+    # on rank 0 only: ranks that measured differently would not compute the same step.
+    precision = ddp.agree(resolve_precision(config.precision, device) if run.main else None)
+    latents = LatentCache(dataset, vae, cache / "latents", precision)
+    latents.fill(list(range(ddp.rank, len(dataset), ddp.world_size)), device,
+                 run.progress and run.main)  # fmt: skip
+    ddp.barrier()  # every rank's share is on disk before anyone looks for it
+    valid = [i for i in range(len(dataset)) if latents.has(i)]  # the same list on every rank
+    if not valid:
+        raise ValueError(f"no clip of {data} could be read; check the manifest's files")
+
+    # 2. The model (same init on every rank; DDP also broadcasts rank 0's), its EMA, wrapped
+    #    for DDP or sharded by FSDP (the EMA like the model), AdamW, the checkpoint.
+    model = _model(run, vae, text)
+    ema = copy.deepcopy(model).requires_grad_(False)  # fp32; not DDP's, FSDP shards it too
+    model.gradient_checkpointing = config.gradient_checkpointing
+    net = run.attach(model.to(device).train(), ema.to(device).eval(), precision)
+    for counter in ("tokens",):
+        run.state.setdefault(counter, 0)
+    batches = Batches(run, dataset, valid, vae, model.config.patch)
+    run.meta = _meta(run, data, vae_folder, text_name)
+    if run.main:
+        _write_run_vae(run.out, vae, identity)
+    run.state.update({"vae": identity, "vae_source": str(vae_folder)})
+    # Text-sensitivity probe (rank 0): fixed rendered clips through this run's VAE. Previews:
+    # fixed prompts and seed, at the size of the first clip.
+    probing = config.probe_every and run.main
+    probe = build_probe(vae, config.probe_clips, device=device) if probing else None
+    prompts = list(config.preview_prompts) or [
+        next(iter(dataset.records[i].captions.values()), "") for i in valid[: config.preview_count]
+    ]
+    frames, height, width = dataset.item_size(valid[0])
+
+    # 3. The loop.
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
+    paddings = []
+    while run.step < config.steps:
+        if run.stopping(stop_at):
+            return run.stopped()
+        run.begin_step()
+        last_epoch, micro = batches.next_step()  # taken even if skipped
+        loss_sum, tokens, padding, finite = 0.0, 0, 0.0, True
+        for m, (epoch, number, indices) in enumerate(micro):
+            batch = batches.make(epoch, number, indices, latents, text)
+            packed = batch.packed.to(device)
+            # Gradients are reduced over ranks once per step, on the last batch.
+            with gradient_sync(net, enabled=m == len(micro) - 1):
+                with autocast:
+                    prediction = net(
+                        batch.x_t.to(device),
+                        packed.coords,
+                        batch.t.to(device),
+                        batch.text.to(device),
+                        batch.text_mask.to(device),
+                        packed.sample_index,
+                    )  # (N, L, Din)
+                # The loss is reduced in fp32 (flow_loss) whatever the autocast dtype.
+                loss = flow_loss(prediction, batch.target.to(device), packed.loss_mask)
+                # Every rank must take the same branch, or DDP's all-reduce would hang.
+                if not bool(ddp.all_reduce(torch.isfinite(loss.detach()).float(), "min")):
+                    finite = False
+                    break
+                (loss / config.accumulate).backward()
+            loss_sum += loss.item()
+            tokens += sum(batch.packed.lengths)
+            padding += batch.packed.padding_fraction / config.accumulate
+        if run.update(finite):
+            decay = _ema_decay(run.step, config.ema_decay)
+            with torch.no_grad():
+                ema_params, params = list(ema.parameters()), list(model.parameters())
+                torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        # Step metrics over all ranks: the mean loss of the global batch, the tokens it held.
+        totals = torch.tensor([loss_sum / config.accumulate, tokens, padding], device=device)
+        totals = ddp.all_reduce(totals.double())
+        loss_value = float(totals[0]) / ddp.world_size if run.finite else float("nan")
+        global_tokens, padding = int(totals[1]), float(totals[2]) / ddp.world_size
+        run.state["tokens"] += global_tokens
+        run.state["sampler"] = batches.sampler.state_dict()
+        paddings.append(padding)
+        row = run.end_step(loss_value, {"epoch": last_epoch, "tokens": global_tokens})
+        row.update(tokens_per_s=global_tokens / run.seconds, padding=padding)
+        probe_due, preview_due = run.due(config.probe_every), run.due(config.preview_every)
+        if probe_due or preview_due:  # the whole EMA on rank 0 (FSDP gathers it from all)
+            sampling = consolidated(ema, run.whole, ddp)
+        if probe is not None and probe_due:
+            row["probe"] = text_sensitivity(sampling, text, probe, device, precision)
+            gaps = ", ".join(f"{k} {row['probe'][f'gap_{k}']:+.2%}" for k in ATTRIBUTES)
+            log.info("step %d probe gaps: %s", run.step, gaps)
+        run.log(row, show={"tok/s": f"{global_tokens / run.seconds:.0f}", "pad": f"{padding:.0%}"})
+        if preview_due and run.main:
+            videos = sample_previews(
+                sampling, vae, text, prompts, (width, height, frames), seed=config.seed,
+                steps=config.preview_steps, guidance=config.preview_guidance, device=device,
+                precision=precision,
+            )  # fmt: skip
+            for k, video in enumerate(videos):
+                write_video(run.out / "previews" / f"step-{run.step:06d}-{k}.mp4", video)
+        run.save_if_due()
+    return run.summary(
+        skipped_clips=len(dataset) - len(valid),
+        tokens_per_second=run.state["tokens"] / max(run.state["seconds"], 1e-9),
+        padding_fraction=sum(paddings) / max(1, len(paddings)),
+        weights_sha256=run.weights_sha256(),
+    )
 
 
-def _check_same(out: Path, what: str, saved: dict, digest: str, given: str) -> None:
-    """ValueError unless a resumed run's VAE or manifest (`what`) has the digest it started
-    with (runs from before digests were stored are not checked)."""
-    if saved.get(what) not in (None, digest):
-        option = {"vae": "--vae", "data": "--data"}[what]
+# ---------------------------------------------------------------------------------------------
+# The steps of a run
+
+
+def _resolve_vae(vae: str | os.PathLike | None) -> Path:
+    """The VAE model folder of `vae`: a bundled name (default "world"), a model folder or a
+    train-vae run."""
+    name = "world" if vae is None else str(vae)
+    if name in BUNDLED:
+        if not (BUNDLED[name] / "config.json").is_file():
+            raise ValueError(
+                f"no bundled {name} VAE in this installation: pass vae=DIR (--vae DIR), a "
+                "folder written by `kinetoscope train-vae`"
+            )
+        return BUNDLED[name]
+    try:
+        return resolve_model_folder(name)
+    except ValueError:
         raise ValueError(
-            f"cannot resume {out}: it started with {option} {saved.get(f'{what}_source')}, and "
-            f"{option} {given} is different (its content differs: digest {digest[:12]}, the "
-            f"run's {saved[what][:12]}); pass what the run started with or start a new --out"
+            f"{vae} is not a VAE folder: pass vae=DIR (--vae DIR), a folder written by "
+            "`kinetoscope train-vae`"
+        ) from None
+
+
+def _model(run: Run, vae: VideoVAE, text: TextEncoder) -> DiT:
+    """The DiT this run trains: the checkpoint's shape (its weights come with it), `init`'s
+    weights (fine-tuning), or a fresh `preset` fitted to the VAE and text encoder; seeded, so
+    every rank builds the same one."""
+    config = run.config
+    widths = (vae.config.latent_channels, text.dim)
+    if run.checkpoint is not None:
+        dit_config = load_config(run.checkpoint / "model", DiTConfig)
+    elif config.init is not None:
+        init = resolve_model_folder(Path(config.init).expanduser())  # a model, or a run's EMA
+        dit_config = load_config(init, DiTConfig)
+        if (dit_config.latent_channels, dit_config.text_dim) != widths:
+            raise ValueError(
+                f"--init {config.init} takes {dit_config.latent_channels} latent channels and "
+                f"{dit_config.text_dim}-wide text, this run's VAE and text encoder give "
+                f"{widths[0]} and {widths[1]}"
+            )
+    else:
+        dit_config = replace(DIT_PRESETS[config.preset], latent_channels=widths[0],
+                             text_dim=widths[1])  # fmt: skip
+    torch.manual_seed(config.seed)
+    model = DiT(dit_config)
+    if run.checkpoint is None and config.init is not None:
+        load_weights(init, model)
+    return model
+
+
+class Batches:
+    """The DiT's batches: token counts from the clips' sizes alone, grouped into sequences by
+    `TokenBudgetBatchSampler` in one order for every world size (mirror twins drawn as one
+    unit with `twin_batches`), and each batch's draws seeded by (seed, epoch, its number)."""
+
+    def __init__(
+        self,
+        run: Run,
+        dataset: ClipDataset,
+        valid: list[int],
+        vae: VideoVAE,
+        patch: tuple[int, int, int],
+    ) -> None:
+        config, vc = run.config, vae.config
+        self.config, self.ddp, self.dataset, self.valid = config, run.ddp, dataset, valid
+        self.patch = patch
+        counts = [
+            item_tokens(*dataset.item_size(i), patch, vc.temporal_factor, vc.spatial_factor)
+            for i in valid
+        ]
+        self.budget = config.token_budget or max(counts)
+        # Sampling units: single clips, or mirror twins kept together (twin_batches).
+        twins = config.twin_batches
+        self.original_of = _mirror_pairs(dataset, valid, counts, self.budget) if twins else {}
+        self.units = _sampling_units(valid, self.original_of)
+        counts = [sum(counts[k] for k in unit) for unit in self.units]
+        self.sampler = TokenBudgetBatchSampler(
+            counts, self.budget, config.sequences_per_batch, seed=config.seed
         )
+        saved = _one_order(run.state.get("sampler"))
+        if saved is not None:
+            self.sampler.load_state_dict(saved)
+        self.batches = iter(self.sampler)
+
+    def _next(self) -> tuple[int, int, list[int]]:
+        """(epoch, index of the batch in the epoch, clip indices) of the next batch."""
+        for _ in range(2):  # an exhausted epoch moves the sampler on to the next one
+            epoch, position = self.sampler.epoch, self.sampler.position
+            try:
+                indices = next(self.batches)
+            except StopIteration:
+                self.batches = iter(self.sampler)
+                continue
+            return epoch, position, [self.valid[k] for j in indices for k in self.units[j]]
+        raise AssertionError("the sampler yields no batch")
+
+    def next_step(self) -> tuple[int, list[tuple[int, int, list[int]]]]:
+        """(epoch of the step's last batch, this rank's batches): of the next world_size x
+        accumulate batches, those at rank, rank + world_size, ..."""
+        ddp = self.ddp
+        taken = [self._next() for _ in range(ddp.world_size * self.config.accumulate)]
+        return taken[-1][0], taken[ddp.rank :: ddp.world_size]
+
+    def make(
+        self, epoch: int, number: int, indices: list[int], latents: LatentCache, text: TextEncoder
+    ) -> TrainBatch:
+        """Batch `number` of `epoch` (clips `indices`) with its draws (`train/batch.py`)."""
+        config = self.config
+        self.dataset.set_epoch(epoch)
+        place = {clip: p for p, clip in enumerate(indices)}
+        twin_of = [place.get(self.original_of.get(i, -1), -1) for i in indices]
+        return make_batch(
+            [latents.load(i) for i in indices],
+            [self.dataset.caption(i, self.original_of.get(i)) for i in indices],
+            text,
+            torch.Generator().manual_seed(draw_seed(config.seed, epoch, number)),
+            token_budget=self.budget, sequences=config.sequences_per_batch, patch=self.patch,
+            caption_dropout=config.caption_dropout, given_prob=config.given_prob,
+            timestep_mean=config.timestep_mean, twin_of=twin_of,
+        )  # fmt: skip
 
 
-def _write_run_vae(out: Path, vae: VideoVAE, identity: str, source: Path) -> None:
+def _meta(run: Run, data: Path, vae_folder: Path, text_name: str) -> dict:
+    """What the exported weights record: preset, text encoder and VAE (bundled names, or
+    folders relative to the weights' own: the run's copy of the VAE), data and config."""
+    named = {folder: name for name, folder in BUNDLED.items()}
+    vae = named.get(vae_folder, run.portable(run.out / "vae"))
+    local = text_name not in ("tiny", "minilm")
+    train = asdict(run.config)
+    for key in ("init", "text_encoder"):
+        if train[key] is not None and Path(train[key]).exists():
+            train[key] = run.portable(train[key])
+    return {
+        "preset": run.config.preset,
+        "text_encoder": run.portable(text_name) if local else text_name,
+        "vae": vae,
+        "data": run.portable(data),
+        "train": train,
+    }
+
+
+def _write_run_vae(out: Path, vae: VideoVAE, identity: str) -> None:
     """Make `out/vae` the VAE this run trains on: kept if it is that one, else replaced
     (written beside it and swapped in, so it is never half one VAE and half another)."""
     folder = out / "vae"
@@ -338,9 +552,18 @@ def _write_run_vae(out: Path, vae: VideoVAE, identity: str, source: Path) -> Non
         pass  # missing or unreadable: write it
     partial = out / ".vae.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    save_model(partial, vae, vae.config, meta={"source": str(source), "identity": identity})
+    save_model(partial, vae, vae.config, meta={"identity": identity})
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
+
+
+def _one_order(sampler_state: dict | None) -> dict | None:
+    """A saved sampler state in the one batch order of every world size. Runs from before it
+    dealt rank r every world_size-th batch; their position counted this rank's batches."""
+    if sampler_state is None or sampler_state["world_size"] == 1:
+        return sampler_state
+    position = sampler_state["position"] * sampler_state["world_size"]
+    return {**sampler_state, "position": position, "world_size": 1}
 
 
 def _mirror_pairs(
@@ -371,418 +594,3 @@ def _sampling_units(valid: list[int], original_of: dict[int, int]) -> list[list[
         for i in valid
         if i not in original_of
     ]
-
-
-def _resolve_vae(vae: str | os.PathLike | None) -> Path:
-    folder = Path(vae) if vae is not None else BUNDLED_VAE
-    if not (folder / "config.json").is_file():
-        what = f"{folder} is not a VAE folder" if vae is not None else "no bundled world VAE"
-        raise ValueError(
-            f"{what}: pass vae=DIR (--vae DIR), a folder written by `kinetoscope train-vae`"
-        )
-    return folder
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop
-
-
-def train_dit(
-    data: str | os.PathLike,
-    out: str | os.PathLike,
-    config: DiTTrainConfig | None = None,
-    *,
-    vae: str | os.PathLike | None = None,
-    cache: str | os.PathLike | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    stop_at: int | None = None,
-    progress: bool = True,
-    **overrides,
-) -> dict:
-    """Train a DiT on the clips of manifest `data`; write checkpoints, metrics and previews to
-    `out` (see the module docstring). Runs unchanged under torchrun (DDP, or FSDP: `parallel`).
-
-    `config` holds every setting; keyword `overrides` replace its fields (e.g. `steps=100`).
-    `vae` is a VAE folder (default: the bundled world VAE). `cache` is the latent and text
-    embedding cache folder (default `out/cache`; share it between runs of the same data; all
-    ranks must see it). `resume` continues exactly from the checkpoint in `out` (from scratch
-    when there is none yet), and refuses a different VAE, manifest or data-order setting.
-    Without `resume`, an `out` that holds a run is refused unless `overwrite` (its run files
-    are then replaced; a cache inside it is kept). `stop_at` ends this call at that step with
-    a checkpoint (the run still counts `steps`). SIGINT or SIGTERM saves a checkpoint and
-    raises `Interrupted`; a run that diverges raises `Diverged` (see the module docstring).
-
-    Returns a summary on every rank: steps, first and final loss, nonfinite_steps,
-    skipped_clips, tokens_per_second, padding_fraction, train_seconds, checkpoint, and
-    weights_sha256 of this rank's weights (of the whole gathered weights under FSDP).
-    """
-    known = {f.name for f in fields(DiTTrainConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
-    config = replace(config or DiTTrainConfig(), **overrides)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    vae_folder = _resolve_vae(vae)
-    if not Path(data).is_file():
-        raise ValueError(f"manifest {data} does not exist; make one with `kinetoscope index`")
-    out = prepare_run_folder(out, resume=resume, overwrite=overwrite, run_files=RUN_FILES)
-    ddp = setup_distributed(config.device)
-    try:
-        paths = Path(data), out, vae_folder, Path(cache) if cache is not None else None
-        with StopSignals() as signals:
-            return _train(*paths, config, resume, overwrite, stop_at, progress, ddp, signals)
-    finally:
-        if ddp.started_here:
-            dist.destroy_process_group()
-
-
-def _train(
-    data: Path,
-    out: Path,
-    vae_folder: Path,
-    cache: Path | None,
-    config: DiTTrainConfig,
-    resume: bool,
-    overwrite: bool,
-    stop_at: int | None,
-    progress: bool,
-    ddp: Distributed,
-    signals: StopSignals,
-) -> dict:
-    main, device = ddp.rank == 0, ddp.device
-    cache_dir = cache if cache is not None else out / "cache"
-    checkpoint = checkpoint_folder(out) if resume else None
-    data_sha = data_digest(data)
-    saved_state: dict | None = None
-    if checkpoint is not None:
-        saved_state = read_run_state(checkpoint / STATE / "state.json", DiTTrainConfig)
-        saved = {**asdict(DiTTrainConfig()), **saved_state["config"]}  # older runs lack new fields
-        changed = [k for k in RESUME_FIELDS if saved[k] != asdict(config)[k]]
-        if changed:
-            raise ValueError(
-                f"cannot resume {out} with different {changed}: they fix the data order; "
-                "pass the values of the first run or start a new --out"
-            )
-        check_global_batch(out, saved_state, saved["accumulate"], config.accumulate, ddp)
-        _check_same(out, "data", saved_state, data_sha, str(data))
-
-    # 1. Frozen VAE and text encoder; latents of every clip in the cache (each rank a share).
-    vae = load_vae(vae_folder).to(device).requires_grad_(False)
-    identity = vae_identity(vae)
-    if saved_state is not None:
-        _check_same(out, "vae", saved_state, identity, str(vae_folder))
-    text_name = config.text_encoder or ("tiny" if config.preset == "tiny" else "minilm")
-    text = EmbeddingCache(load_text_encoder(text_name), cache_dir / "text")
-    dataset = ClipDataset(
-        data,
-        max_area=config.max_area,
-        max_frames=config.max_frames,
-        fps=config.fps,
-        temporal_crop="start",
-        seed=config.seed,
-    )
-    # AVX2-only CPUs: bf16 is 10x slower; "auto" measures (kinetoscope.nn.resolve_precision),
-    # on rank 0 only: ranks that measured differently would not compute the same step.
-    precision = ddp.agree(resolve_precision(config.precision, device) if main else None)
-    latents = LatentCache(dataset, vae, cache_dir / "latents", precision)
-    latents.fill(list(range(ddp.rank, len(dataset), ddp.world_size)), device, progress and main)
-    ddp.barrier()  # every rank's share is on disk before anyone looks for it
-    valid = [i for i in range(len(dataset)) if latents.has(i)]  # the same list on every rank
-    if not valid:
-        raise ValueError(f"no clip of {data} could be read; check the manifest's files")
-    skipped_clips = len(dataset) - len(valid)
-
-    # 2. The model (same init on every rank; DDP also broadcasts rank 0's), EMA, optimizer;
-    #    wrapped for DDP or sharded by FSDP, the EMA sharded like the model.
-    if checkpoint is not None:
-        dit_config = load_config(checkpoint / "model", DiTConfig)
-    elif config.init is not None:
-        init = dit_folder(Path(config.init).expanduser())  # a model folder, or a run's EMA
-        dit_config = load_config(init, DiTConfig)
-        widths = (vae.config.latent_channels, text.dim)
-        if (dit_config.latent_channels, dit_config.text_dim) != widths:
-            raise ValueError(
-                f"--init {config.init} takes {dit_config.latent_channels} latent channels and "
-                f"{dit_config.text_dim}-wide text, this run's VAE and text encoder give "
-                f"{widths[0]} and {widths[1]}"
-            )
-    else:
-        dit_config = replace(
-            DIT_PRESETS[config.preset],
-            latent_channels=vae.config.latent_channels,
-            text_dim=text.dim,
-        )
-    plain_dit = functools.partial(DiT, dit_config)  # the model's shape, for whole copies
-    torch.manual_seed(config.seed)
-    model = DiT(dit_config)
-    if checkpoint is None and config.init is not None:
-        load_weights(init, model)
-    ema = copy.deepcopy(model).requires_grad_(False)  # fp32; not DDP's, FSDP shards it too
-    model.to(device).train()
-    ema.to(device).eval()
-    model.gradient_checkpointing = config.gradient_checkpointing
-    # DDP averages gradients over ranks in backward, FSDP reduce-scatters them to the shards;
-    # world size 1 trains the bare module.
-    net = parallelize(model, ema, config.parallel, ddp, precision)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
-    )
-    state = {"step": 0, "nonfinite_steps": 0, "tokens": 0, "seconds": 0.0, "sampler": None}
-    if checkpoint is not None:
-        assert saved_state is not None
-        load_checkpoint(checkpoint, model, ema, optimizer, saved_state)
-        state.update({k: v for k, v in saved_state.items() if k != "optimizer"})
-        state["sampler"] = _one_order(state["sampler"])
-        log.info("resumed from %s at step %d", checkpoint, state["step"])
-    state["world_size"] = ddp.world_size
-
-    # 3. Batches: token counts from sizes alone, in one order whatever the world size.
-    patch = dit_config.patch
-    vc = vae.config
-    counts = [
-        item_tokens(*dataset.item_size(i), patch, vc.temporal_factor, vc.spatial_factor)
-        for i in valid
-    ]
-    budget = config.token_budget or max(counts)
-    # Sampling units: single clips, or mirror twins kept together (twin_batches).
-    original_of = _mirror_pairs(dataset, valid, counts, budget) if config.twin_batches else {}
-    units = _sampling_units(valid, original_of)
-    counts = [sum(counts[k] for k in unit) for unit in units]
-    sampler = TokenBudgetBatchSampler(counts, budget, config.sequences_per_batch, seed=config.seed)
-    if state["sampler"] is not None:
-        sampler.load_state_dict(state["sampler"])
-    batches = iter(sampler)
-
-    def next_batch() -> tuple[int, int, list[int]]:
-        """(epoch, index of the batch in the epoch, clip indices)."""
-        nonlocal batches
-        for _ in range(2):  # an exhausted epoch moves the sampler on to the next one
-            epoch, position = sampler.epoch, sampler.position
-            try:
-                indices = next(batches)
-            except StopIteration:
-                batches = iter(sampler)
-                continue
-            return epoch, position, [valid[k] for j in indices for k in units[j]]
-        raise AssertionError("the sampler yields no batch")
-
-    def next_step() -> tuple[int, list[tuple[int, int, list[int]]]]:
-        """(epoch of the step's last batch, this rank's batches): of the next world_size x
-        accumulate batches, those at rank, rank + world_size, ..."""
-        taken = [next_batch() for _ in range(ddp.world_size * config.accumulate)]
-        return taken[-1][0], taken[ddp.rank :: ddp.world_size]
-
-    # Text-sensitivity probe: fixed rendered clips through this run's VAE (rank 0 only).
-    probe = (
-        build_probe(vae, config.probe_clips, device=device) if config.probe_every and main else None
-    )
-
-    # Previews: fixed prompts and seed, at the size of the first clip.
-    prompts = list(config.preview_prompts) or [
-        next(iter(dataset.records[i].captions.values()), "") for i in valid[: config.preview_count]
-    ]
-    frames, height, width = dataset.item_size(valid[0])
-    preview_size = (width, height, frames)
-    meta = {
-        "preset": config.preset,
-        "text_encoder": text_name,
-        "vae": str(vae_folder),
-        "data": str(data),
-        "train": asdict(config),
-    }
-    metrics_path = out / "metrics.jsonl"
-    if main:
-        if overwrite:
-            clear_run(out, RUN_FILES)
-        out.mkdir(parents=True, exist_ok=True)
-        _write_run_vae(out, vae, identity, vae_folder)
-        _truncate_metrics(metrics_path, state["step"])
-    state.update({"vae": identity, "vae_source": str(vae_folder)})
-    state.update({"data": data_sha, "data_source": str(data)})
-    saved_step = state["step"] if checkpoint is not None else None
-
-    def diverged(why: str) -> Diverged:
-        bar.close()
-        kept = (
-            f"the last good checkpoint (step {saved_step}) is in {out / CHECKPOINT}"
-            if saved_step is not None
-            else "no checkpoint was saved"
-        )
-        return Diverged(f"training diverged: {why} (lower --lr?); {kept}")
-
-    def save() -> Path:
-        nonlocal saved_step
-        if not all_finite((model, ema), ddp):  # agreed, so every rank takes this branch
-            raise diverged(f"the weights hold NaN or infinity at step {state['step']}")
-        state["sampler"] = sampler.state_dict()
-        state["config"] = asdict(config)
-        save_checkpoint(out, model, ema, optimizer, state, meta, ddp, plain_dit)
-        saved_step = state["step"]
-        return out / CHECKPOINT
-
-    # 4. The loop.
-    autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
-    show = progress and main
-    bar = tqdm(total=config.steps, initial=state["step"], desc="train-dit", disable=not show)
-    signals.arm()  # from here a signal ends the step and saves (run.StopSignals)
-    first_loss, last_loss, paddings = None, float("nan"), []
-    in_a_row = 0  # non-finite steps since the last finite one
-    while state["step"] < config.steps:
-        if stop_at is not None and state["step"] >= stop_at:
-            save()
-            bar.close()
-            return {"steps": state["step"], "stopped": True}
-        stop = float(signals.signum or 0)
-        if ddp.world_size > 1:  # a signal to any rank stops them all at the same step
-            stop = float(ddp.all_reduce(torch.tensor(stop, device=device), "max"))
-        if stop:
-            save()
-            bar.close()
-            raise Interrupted(
-                f"stopped by {signal.Signals(int(stop)).name} after step {state['step']}: "
-                f"checkpoint saved in {out / CHECKPOINT}; continue with --resume",
-                int(stop),
-            )
-        step, start = state["step"], time.perf_counter()
-        lr = _learning_rate(step, config.lr, config.warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        last_epoch, micro = next_step()  # taken even if skipped
-        loss_sum, tokens, padding, finite = 0.0, 0, 0.0, True
-        for m, (epoch, number, indices) in enumerate(micro):
-            dataset.set_epoch(epoch)
-            place = {clip: p for p, clip in enumerate(indices)}
-            twin_of = [place.get(original_of.get(i, -1), -1) for i in indices]
-            batch = make_batch(
-                [latents.load(i) for i in indices],
-                [dataset.caption(i, original_of.get(i)) for i in indices],
-                text,
-                torch.Generator().manual_seed(_batch_seed(config.seed, epoch, number)),
-                token_budget=budget,
-                sequences=config.sequences_per_batch,
-                patch=patch,
-                caption_dropout=config.caption_dropout,
-                given_prob=config.given_prob,
-                timestep_mean=config.timestep_mean,
-                twin_of=twin_of,
-            )
-            packed = batch.packed.to(device)
-            # Gradients are reduced over ranks once per step, on the last batch.
-            with gradient_sync(net, enabled=m == len(micro) - 1):
-                with autocast:
-                    prediction = net(
-                        batch.x_t.to(device),
-                        packed.coords,
-                        batch.t.to(device),
-                        batch.text.to(device),
-                        batch.text_mask.to(device),
-                        packed.sample_index,
-                    )  # (N, L, Din)
-                # The loss is reduced in fp32 (flow_loss) whatever the autocast dtype.
-                loss = flow_loss(prediction, batch.target.to(device), packed.loss_mask)
-                # Every rank must take the same branch, or DDP's all-reduce would hang.
-                ok = ddp.all_reduce(torch.isfinite(loss.detach()).float(), "min")
-                if not bool(ok):
-                    finite = False
-                    break
-                (loss / config.accumulate).backward()
-            loss_sum += loss.item()
-            tokens += sum(batch.packed.lengths)
-            padding += batch.packed.padding_fraction / config.accumulate
-        grad_norm = float("nan")
-        if finite:
-            # Reduced over ranks (and, under FSDP, over shards), this norm agrees on every rank.
-            grad_norm = clip_grad_norm(model.parameters(), config.grad_clip)
-            finite = math.isfinite(grad_norm)
-        if finite:
-            optimizer.step()
-            decay = _ema_decay(step, config.ema_decay)
-            with torch.no_grad():
-                ema_params, params = list(ema.parameters()), list(model.parameters())
-                torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-        else:
-            optimizer.zero_grad(set_to_none=True)
-            state["nonfinite_steps"] += 1
-            log.warning("step %d: non-finite loss or gradient, step skipped", step)
-        in_a_row = 0 if finite else in_a_row + 1
-        if in_a_row >= config.max_nonfinite_steps:
-            raise diverged(f"{in_a_row} non-finite steps in a row up to step {step + 1}")
-        # Step metrics over all ranks: the mean loss of the global batch, the tokens it held.
-        totals = torch.tensor([loss_sum / config.accumulate, tokens, padding], device=device)
-        totals = ddp.all_reduce(totals.double())
-        loss_value = float(totals[0]) / ddp.world_size if finite else float("nan")
-        global_tokens, padding = int(totals[1]), float(totals[2]) / ddp.world_size
-        seconds = time.perf_counter() - start
-        state["step"] = step + 1
-        state["tokens"] += global_tokens
-        state["seconds"] += seconds
-        paddings.append(padding)
-        if finite:
-            first_loss = loss_value if first_loss is None else first_loss
-            last_loss = loss_value
-        row = {
-            "step": state["step"],
-            "epoch": last_epoch,
-            "loss": loss_value if finite else None,
-            "lr": lr,
-            "grad_norm": grad_norm if finite else None,
-            "tokens": global_tokens,
-            "tokens_per_s": global_tokens / seconds,
-            "padding": padding,
-            "seconds": seconds,
-            "skipped": not finite,
-            "nonfinite_steps": state["nonfinite_steps"],
-        }
-        probe_due = config.probe_every and state["step"] % config.probe_every == 0
-        preview_due = config.preview_every and state["step"] % config.preview_every == 0
-        if probe_due or preview_due:  # the whole EMA on rank 0 (FSDP gathers it from all)
-            sampling = consolidated(ema, plain_dit, ddp)
-        if probe is not None and probe_due:
-            row["probe"] = text_sensitivity(sampling, text, probe, device, precision)
-            gaps = ", ".join(f"{k} {row['probe'][f'gap_{k}']:+.2%}" for k in ATTRIBUTES)
-            log.info("step %d probe gaps: %s", state["step"], gaps)
-        if main:
-            _append_metrics(metrics_path, row)
-        if preview_due and main:
-            videos = sample_previews(
-                sampling, vae, text, prompts, preview_size, seed=config.seed,
-                steps=config.preview_steps, guidance=config.preview_guidance, device=device,
-                precision=precision,
-            )  # fmt: skip
-            for k, video in enumerate(videos):
-                write_video(out / "previews" / f"step-{state['step']:06d}-{k}.mp4", video)
-        # A checkpoint right after a non-finite step waits for a finite one: the weights may be
-        # blowing up while still finite, and the last checkpoint must stay a good one.
-        due = state["step"] % config.checkpoint_every == 0 and in_a_row == 0
-        if due or state["step"] == config.steps:
-            save()
-            if main:
-                plot_loss(metrics_path, out / "loss.png")
-        bar.set_postfix(
-            {
-                "loss": f"{loss_value:.4f}",
-                "tok/s": f"{global_tokens / seconds:.0f}",
-                "pad": f"{padding:.0%}",
-                **({"nonfinite": state["nonfinite_steps"]} if state["nonfinite_steps"] else {}),
-            }
-        )
-        bar.update(1)
-    bar.close()
-    # Under FSDP only rank 0 holds the whole weights: every rank reports their digest.
-    whole = consolidated(model, plain_dit, ddp)
-    digest = weights_digest(whole) if whole is not None else None
-    return {
-        "steps": state["step"],
-        "first_loss": first_loss,
-        "final_loss": last_loss,
-        "nonfinite_steps": state["nonfinite_steps"],
-        "skipped_clips": skipped_clips,
-        "tokens_per_second": state["tokens"] / max(state["seconds"], 1e-9),
-        "padding_fraction": sum(paddings) / max(1, len(paddings)),
-        "train_seconds": state["seconds"],
-        "checkpoint": str(out / CHECKPOINT),
-        "weights_sha256": ddp.agree(digest) if is_sharded(model) else digest,
-    }
