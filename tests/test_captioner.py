@@ -111,6 +111,20 @@ def test_cli_captions_and_refuses_to_write_over_its_input(trained, tiny_world, t
     assert "is the input manifest" in capsys.readouterr().err
 
 
+def test_resume_after_n_steps_equals_an_uninterrupted_run(tiny_world, tmp_path):
+    manifest, vae = tiny_world
+    run = {"vae": vae, "cache": tmp_path / "cache", "steps": 4, "batch": 3, "width": 32,
+           "layers": 1, "holdout": 1, "warmup": 1, "precision": "fp32", "progress": False}  # fmt: skip
+    whole = train_captioner(manifest, tmp_path / "whole", **run)
+    assert train_captioner(manifest, tmp_path / "parts", stop_at=2, **run) == {
+        "steps": 2, "stopped": True}  # fmt: skip
+    resumed = train_captioner(manifest, tmp_path / "parts", resume=True, **run)
+    a, b = (Captioner.load(tmp_path / name).state_dict() for name in ("whole", "parts"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["final_loss"] == whole["final_loss"] and resumed["steps"] == 4
+    assert resumed["accuracy"] == whole["accuracy"]
+
+
 def test_the_captioner_reads_clips_of_any_size():
     torch.manual_seed(0)
     captioner = Captioner(CaptionerConfig(vocab=WordTokenizer.fit(["a red circle"]).vocab,

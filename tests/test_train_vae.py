@@ -2,15 +2,18 @@
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from kinetoscope.checkpoint import save_model
 from kinetoscope.cli import main
 from kinetoscope.data.manifest import ManifestRecord, read_manifest, write_manifest
 from kinetoscope.data.world import WorldConfig, write_world
 from kinetoscope.evaluate.vae import latent_bits_per_pixel, ssim
+from kinetoscope.train.distributed import load_sharded
 from kinetoscope.train.vae import train_vae
 from kinetoscope.vae import VAE_PRESETS, VideoVAE, load_vae
 from kinetoscope.vae.losses import psnr
@@ -45,8 +48,39 @@ def test_resume_after_n_steps_equals_an_uninterrupted_run(world, tmp_path):
         assert torch.equal(a[name], b[name]), name
     assert resumed["final_loss"] == whole["final_loss"]
     assert resumed["heldout_psnr"] == whole["heldout_psnr"]
+    assert resumed["weights_sha256"] == whole["weights_sha256"]
     # The latent statistics were measured and stored with the weights.
     assert not torch.equal(a["latent_scale"], torch.ones_like(a["latent_scale"]))
+    # The shared checkpoint holds the same optimizer moments and loop state, and the resumed
+    # metrics log is the uninterrupted one, line for line.
+    moments = [_moments(tmp_path / name) for name in ("whole", "parts")]
+    assert moments[0].keys() == moments[1].keys() and moments[0]
+    assert all(torch.equal(moments[0][k], moments[1][k]) for k in moments[0])
+    states = [_loop_state(tmp_path / name) for name in ("whole", "parts")]
+    for state in states:
+        del state["seconds"], state["data_source"]
+    assert states[0] == states[1] and states[0]["step"] == 4 and len(states[0]["history"]) == 2
+    drop = ("seconds", "frames_per_s")
+    logs = [[{k: v for k, v in row.items() if k not in drop} for row in _rows(tmp_path / name)]
+            for name in ("whole", "parts")]  # fmt: skip
+    assert logs[0] == logs[1] and [row["step"] for row in logs[0]] == [1, 2, 3, 4]
+
+
+def _moments(run: Path) -> dict[str, torch.Tensor]:
+    """The optimizer moments of a run's checkpoint, read back by one process."""
+    vae = load_vae(run)
+    optimizer = torch.optim.AdamW(vae.parameters())
+    load_sharded(run / "checkpoint" / "train_state" / "sharded", vae, None, optimizer)
+    return {f"{index}.{name}": value for index, moments in optimizer.state_dict()["state"].items()
+            for name, value in moments.items()}  # fmt: skip
+
+
+def _loop_state(run: Path) -> dict:
+    return json.loads((run / "checkpoint" / "train_state" / "state.json").read_text())
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_image_steps_train_on_single_frames_then_videos(tmp_path):
@@ -57,7 +91,7 @@ def test_image_steps_train_on_single_frames_then_videos(tmp_path):
         out = tmp_path / f"run{steps}"
         run = {**TRAIN, "steps": steps, "eval_every": 10, "stats_clips": 1, "progress": False}
         train_vae(clips.manifest, out, images=2, image_steps=2, overwrite=True, **run)
-        return json.loads((out / "checkpoint" / "train_state" / "state.json").read_text())["frames"]
+        return _loop_state(out)["frames"]
 
     # Two image steps: batch 2 + 2 images, one frame each.
     assert frames_after(2) == 2 * (2 + 2)
@@ -105,6 +139,71 @@ def test_bad_arguments_are_user_errors(world, tmp_path):
         train_vae(world, tmp_path, preset="huge", steps=1)
     with pytest.raises(ValueError, match="precision must be one of"):
         train_vae(world, tmp_path, precision="fp8", steps=1)
+
+
+@pytest.fixture(scope="module")
+def stopped_run(world, tmp_path_factory) -> Path:
+    """A tiny VAE run stopped after its first step, to resume."""
+    out = tmp_path_factory.mktemp("stopped-vae") / "run"
+    train_vae(world, out, steps=2, stop_at=1, eval_every=1, precision="fp32", progress=False,
+              **{**TRAIN, "batch": 1})  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize(
+    ("file", "change", "names"),
+    [
+        ("checkpoint/model/config.json", {"latent_channels": "4"}, ["'latent_channels'", '"4"']),
+        (
+            "checkpoint/model/config.json",
+            {"temporal_down": [1, 0]},
+            ["'temporal_down'", "true/false"],
+        ),
+        ("checkpoint/train_state/state.json", {"step": "one"}, ["'step'", "whole number", '"one"']),
+        ("checkpoint/train_state/state.json", {"seconds": -5}, ["'seconds'", "-5"]),
+        ("checkpoint/train_state/state.json", {"optimizer": [1]}, ["'optimizer'", "JSON object"]),
+        ("checkpoint/train_state/state.json", '{"step": 1', ["not JSON"]),
+        ("checkpoint/train_state/state.json", {"config": {"crop": "32"}}, ["'config.crop'"]),
+    ],
+)
+def test_resume_names_a_bad_saved_value_and_writes_nothing(
+    file, change, names, stopped_run, world, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    shutil.copytree(stopped_run, run)
+    path = run / file
+    if isinstance(change, str):
+        path.write_text(change)
+    else:
+        document = json.loads(path.read_text())
+        (document["config"] if file.endswith("config.json") else document).update(change)
+        path.write_text(json.dumps(document))
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    code = main(["train-vae", "--data", str(world), "--out", str(run), "--steps", "2", "--resume",
+                 "--preset", "tiny", "--batch", "1", "--max-frames", "5", "--holdout", "1",
+                 "--eval-every", "1", "--precision", "fp32", "--threads", "1"])  # fmt: skip
+    message = capsys.readouterr().err
+    assert code == 2 and str(path) in message and "Traceback" not in message
+    assert all(name in message for name in names), message
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+
+
+def test_a_folder_of_the_earlier_layout_loads_and_is_not_resumed(world, tmp_path):
+    # Weights and config at the top, train_state/ beside them: what train-vae used to write.
+    vae = VideoVAE(VAE_PRESETS["tiny"])
+    save_model(tmp_path / "old", vae, vae.config, meta={"data": "manifest.jsonl"})
+    (tmp_path / "old" / "train_state").mkdir()
+    (tmp_path / "old" / "train_state" / "state.json").write_text('{"step": 1}')
+    loaded = load_vae(tmp_path / "old")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in vae.state_dict().items())
+    with pytest.raises(ValueError, match="cannot --resume.*--init"):
+        train_vae(world, tmp_path / "old", steps=1, resume=True, progress=False, **TRAIN)
+    with pytest.raises(ValueError, match="already holds a run"):  # never written over unasked
+        train_vae(world, tmp_path / "old", steps=1, progress=False, **TRAIN)
+    # ... and starts a new run as its --init.
+    summary = train_vae(world, tmp_path / "new", init=str(tmp_path / "old"), steps=1,
+                        progress=False, **TRAIN)  # fmt: skip
+    assert summary["steps"] == 1 and (tmp_path / "old" / "model.safetensors").is_file()
 
 
 def test_ssim_and_psnr_behave():

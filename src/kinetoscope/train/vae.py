@@ -213,9 +213,6 @@ def _train(run: Run, data: Path, stop_at: int | None) -> dict:
         run.begin_step()
         clips, counts = _step_clips(dataset, run)
         count = counts[0]  # readable clips of the global batch
-        if count and not clips:  # a rank with none still joins the gradient reduction
-            black = torch.zeros(3, 1, config.crop, config.crop)
-            clips = [(black, torch.Generator(run.device), 0.0)]
         loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
         for i, (video, noise, weight) in enumerate(clips if count else []):
             x = video[None].to(run.device)  # 1 3 T H W
@@ -282,22 +279,27 @@ def _crop(video: torch.Tensor, crop: int, generator: torch.Generator) -> torch.T
 
 
 def _step_clips(dataset: ClipDataset, run: Run) -> tuple[list, list[int]]:
-    """(this rank's clips of the step, as (video 3 T H W, noise generator, weight 1); the
-    global batch's readable clips, their frames and its unreadable clips, summed over ranks).
+    """(this rank's clips of the step, as (video 3 T H W, noise generator, weight); the global
+    batch's readable clips, their frames and its unreadable clips, summed over ranks).
 
     The step's clips are places step*n .. step*n + n - 1 of the epoch stream, n = batch +
     images; all but the first `batch` (all of them while step < image_steps) give one random
-    frame. Each clip's draws come from (seed, step, its place): the same at any world size."""
+    frame. Each clip's draws come from (seed, step, its place): the same at any world size.
+    Every rank takes as many clips, so that each makes as many forward passes (FSDP gathers
+    the weights in each): a rank short of one, or holding one that cannot be read, takes a
+    black frame of weight 0 in its place."""
     config, ddp, step = run.config, run.ddp, run.step
     per_step = config.batch + config.images
     as_videos = 0 if step < config.image_steps else config.batch
+    black = (torch.zeros(3, 1, config.crop, config.crop), torch.Generator(run.device), 0.0)
     clips, frames, skipped = [], 0, 0
-    for k in range(ddp.rank, per_step, ddp.world_size):
+    for k in range(ddp.rank, math.ceil(per_step / ddp.world_size) * ddp.world_size, ddp.world_size):
         epoch, offset = divmod(step * per_step + k, len(dataset))
         dataset.set_epoch(epoch)
-        item = dataset[_order(len(dataset), config.seed, epoch)[offset]]
+        item = dataset[_order(len(dataset), config.seed, epoch)[offset]] if k < per_step else None
         if item is None:
-            skipped += 1
+            skipped += k < per_step
+            clips.append(black)
             continue
         draws = torch.Generator().manual_seed(draw_seed(config.seed, step, k, 0))
         video = item["video"]  # 3 T H W
@@ -308,7 +310,8 @@ def _step_clips(dataset: ClipDataset, run: Run) -> tuple[list, list[int]]:
         noise = torch.Generator(run.device).manual_seed(draw_seed(config.seed, step, k, 1))
         clips.append((video, noise, 1.0))
         frames += video.shape[1]
-    counts = torch.tensor([len(clips), frames, skipped], device=run.device)
+    readable = sum(weight for _, _, weight in clips)
+    counts = torch.tensor([readable, frames, skipped], device=run.device)
     return clips, [int(n) for n in ddp.all_reduce(counts)]
 
 
