@@ -106,6 +106,21 @@ def test_load_finds_the_ema_weights_vae_and_text_encoder_of_a_run(run, pipe, tmp
     assert find_model(tmp_path / "dit", vae=run / "vae").vae == run / "vae"
 
 
+def test_a_run_saved_with_absolute_paths_in_its_meta_still_loads(run, tmp_path):
+    # Runs saved before relative paths named their VAE where it was when they trained.
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    for part in ("model", "ema"):
+        config = old / "checkpoint" / part / "config.json"
+        document = json.loads(config.read_text())
+        document["meta"]["vae"] = str(tmp_path / "gone" / "vae")  # moved or deleted since
+        config.write_text(json.dumps(document))
+    (old / "config.json").unlink()  # nor did they write the training config
+    files = find_model(old)
+    assert (files.dit, files.vae) == (old / "checkpoint" / "ema", old / "vae")  # the run's copy
+    assert Pipeline.load(old, device="cpu", precision="fp32").dit is not None
+
+
 def test_missing_models_are_user_errors_that_say_what_to_pass(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="does not exist"):
         find_model(tmp_path / "nothing")
