@@ -55,18 +55,18 @@ class CaptionerTrainConfig:
 
     steps: int = 3000  # optimizer steps in all (the schedule's length)
     batch: int = 32  # clips a step, over all ranks: latents are small (tens of tokens)
-    lr: float = 1e-3  # AdamW peak rate: a small transformer trained from scratch
+    lr: float = 1e-3  # AdamW peak rate, as the captioner has trained
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW defaults
-    weight_decay: float = 0.01  # AdamW's light default decay
-    warmup: int = 200  # linear warm-up steps: post-norm-free (norm_first) layers still need it
-    schedule: str = "cosine"  # the rate decays, so the last steps settle on the words
-    final_lr_scale: float = 0.0  # the cosine ends at zero
+    weight_decay: float = 0.01  # AdamW's default, as the captioner has trained
+    warmup: int = 200  # linear warm-up steps: Adam's first moment estimates are noisy
+    schedule: str = "cosine"  # warm-up then cosine decay, as the captioner has trained
+    final_lr_scale: float = 0.0  # the cosine ends at zero, as the captioner has trained
     grad_clip: float = 1.0  # max global gradient norm; rare spikes stay harmless
     level: str = "long"  # the most descriptive ground truth: start regions and motions too
-    width: int = 256  # model width: enough for the world's vocabulary of a few hundred words
+    width: int = 256  # model width (CaptionerConfig's)
     layers: int = 3  # encoder and decoder each
     max_area: int = 256 * 256  # as the DiT trainer's, so the two share the latent cache
-    max_frames: int = 49  # as the world model's longest clips (the model reads 5 latent frames)
+    max_frames: int = 49  # as the world model's DiT run: the two then share latents
     holdout: int = 200  # last clips of the manifest, never trained on, for the report
     precision: str = "auto"  # bf16 autocast where bf16 is fast (GPUs, AVX512-BF16/AMX CPUs)
     # Under torchrun: "ddp" keeps the whole model on each rank; "fsdp" shards it. One process
@@ -223,10 +223,11 @@ def evaluate_captioner(model: Captioner, latents: LatentCache, dataset: ClipData
         if record.truth is None:
             raise ValueError(f"{record.path} has no ground truth; evaluate on world clips")
         truths.append(json.loads(Path(record.truth).read_text()))
+    device = next(model.parameters()).device
     start = time.perf_counter()
     captions = []
     for k in range(0, len(indices), batch):
-        captions += model.caption([latents.load(i) for i in indices[k : k + batch]])
+        captions += model.caption([latents.load(i).to(device) for i in indices[k : k + batch]])
     seconds = time.perf_counter() - start
     accuracy = caption_accuracy(captions, truths)
     return {"accuracy": accuracy, "clips_per_second": len(indices) / seconds,

@@ -85,12 +85,12 @@ class VAETrainConfig:
     batch: int = 4  # clips a step trained as videos, over all ranks
     images: int = 0  # clips a step trained as one frame each, on top of `batch`
     image_steps: int = 0  # first steps on single frames only (the spatial code is cheap)
-    lr: float = 1e-3  # AdamW peak rate: small convolutional VAEs take a large one
-    betas: tuple[float, float] = (0.9, 0.99)  # as the bundled VAE trained
-    weight_decay: float = 0.0  # none: the KL term already bounds the latent
-    warmup: int = 100  # linear warm-up steps: Adam's first moments are noisy
-    schedule: str = "cosine"  # the rate decays: late steps polish fine detail
-    final_lr_scale: float = 0.1  # the cosine ends at a tenth of lr, where steps still teach
+    lr: float = 1e-3  # AdamW peak rate: the bundled world VAE's first part (its card)
+    betas: tuple[float, float] = (0.9, 0.99)  # as the bundled world VAE trained
+    weight_decay: float = 0.0  # none, as the bundled world VAE trained
+    warmup: int = 100  # linear warm-up steps: Adam's first moment estimates are noisy
+    schedule: str = "cosine"  # warm-up then cosine decay, as the bundled world VAE trained
+    final_lr_scale: float = 0.1  # the cosine ends at a tenth of lr: late steps still learn
     grad_clip: float = 1.0  # max global gradient norm; rare spikes stay harmless
     loss: VAELossConfig = field(default_factory=VAELossConfig)  # L1, MSE and KL weights
     precision: str = "auto"  # bf16 autocast where bf16 is fast (GPUs, AVX512-BF16/AMX CPUs)
@@ -99,7 +99,7 @@ class VAETrainConfig:
     # the world preset a decoded frame depends on the last 10 latent frames, and a VAE trained
     # on 9-frame clips decoded frames 9-16 of 17-frame clips at 23-30 dB, 1-8 at 32-34 dB.
     max_frames: int = 17
-    crop: int = 32  # random crop side (px, a multiple of 16): small crops, many steps
+    crop: int = 32  # random crop side (px, a multiple of 16): small crops make cheap steps
     holdout: int = 8  # the manifest's last clips, never trained on, for held-out PSNR
     eval_every: int = 250  # steps between held-out PSNR measurements
     stats_clips: int = 64  # training clips the latent statistics are measured on
