@@ -8,10 +8,10 @@ A model folder holds
 so loading is `Model(load_config(folder, Config))` followed by `load_weights(folder, model)`.
 A training run of any kinetoscope trainer keeps its weights in such folders under
 `checkpoint/` (`resolve_model_folder` says which one a run stands for), and a relative path in
-a `meta` is relative to the model folder it sits in.
-Files are written under temporary names and moved into place with `os.replace`, so a crash
-never leaves a half-written file behind. Training state (optimizer moments, step, random
-generators) is saved the same way with `save_tensors`/`save_json` and the optimizer helpers.
+a `meta` is relative to the model folder it sits in (its training state, sharded, is
+`kinetoscope.train.distributed`'s). Files are written under temporary names and moved into
+place with `os.replace`, so a crash never leaves a half-written file behind; `save_tensors`,
+`save_json` and the optimizer helpers write other state the same way.
 """
 
 from __future__ import annotations
