@@ -213,8 +213,8 @@ def _config_option(
     shown = kwargs.pop("shown", True)
     flags = flags or ("--" + name.split(".")[-1].replace("_", "-"),)
     default = _ConfigDefault(config, name) if shown else None
-    if kwargs.get("action") != "store_true":
-        kwargs.setdefault("metavar", name.split(".")[-1].upper())
+    if kwargs.get("action") != "store_true" and "choices" not in kwargs:  # --mse-weight MSE_WEIGHT
+        kwargs.setdefault("metavar", flags[0].lstrip("-").replace("-", "_").upper())
     parser.add_argument(*flags, dest=name, default=default, help=help, **kwargs)
 
 
