@@ -293,12 +293,15 @@ def _step_clips(dataset: ClipDataset, run: Run) -> tuple[list, list[int]]:
     as_videos = 0 if step < config.image_steps else config.batch
     black = (torch.zeros(3, 1, config.crop, config.crop), torch.Generator(run.device), 0.0)
     clips, frames, skipped = [], 0, 0
-    for k in range(ddp.rank, math.ceil(per_step / ddp.world_size) * ddp.world_size, ddp.world_size):
-        epoch, offset = divmod(step * per_step + k, len(dataset))
-        dataset.set_epoch(epoch)
-        item = dataset[_order(len(dataset), config.seed, epoch)[offset]] if k < per_step else None
+    places = math.ceil(per_step / ddp.world_size) * ddp.world_size  # the step's, padded
+    for k in range(ddp.rank, places, ddp.world_size):
+        item = None
+        if k < per_step:
+            epoch, offset = divmod(step * per_step + k, len(dataset))
+            dataset.set_epoch(epoch)
+            item = dataset[_order(len(dataset), config.seed, epoch)[offset]]
+            skipped += item is None
         if item is None:
-            skipped += k < per_step
             clips.append(black)
             continue
         draws = torch.Generator().manual_seed(draw_seed(config.seed, step, k, 0))
@@ -310,7 +313,7 @@ def _step_clips(dataset: ClipDataset, run: Run) -> tuple[list, list[int]]:
         noise = torch.Generator(run.device).manual_seed(draw_seed(config.seed, step, k, 1))
         clips.append((video, noise, 1.0))
         frames += video.shape[1]
-    readable = sum(weight for _, _, weight in clips)
+    readable = sum(weight > 0 for _, _, weight in clips)
     counts = torch.tensor([readable, frames, skipped], device=run.device)
     return clips, [int(n) for n in ddp.all_reduce(counts)]
 
