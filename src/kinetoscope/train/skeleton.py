@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import hashlib
 import json
 import logging
@@ -242,6 +243,7 @@ def open_run(
     files = RUN_FILES + run_files
     out = prepare_run_folder(out, resume=resume, overwrite=overwrite, run_files=files)
     ddp = setup_distributed(config.device)
+    run = None
     try:
         with StopSignals() as signals:
             run = Run(out, config, ddp, signals, name=name, data=Path(data), overwrite=overwrite,
@@ -250,6 +252,11 @@ def open_run(
                 run.check_resume(resume_fields)
             yield run
     finally:
+        # FSDP's modules hold the process group in reference cycles: collected now, while the
+        # group lives, not as the interpreter exits (where gloo was seen to abort a rank).
+        run = None
+        if ddp.world_size > 1:
+            gc.collect()
         if ddp.started_here:
             dist.destroy_process_group()
 
