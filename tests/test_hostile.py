@@ -329,19 +329,23 @@ def vae_run(tiny_world, tmp_path_factory) -> Path:
 @pytest.mark.parametrize(
     ("file", "change", "names"),
     [
-        ("config.json", {"latent_channels": "4"}, ["'latent_channels'", '"4"']),
-        ("config.json", {"temporal_down": [1, 0]}, ["'temporal_down'", "true/false"]),
-        ("train_state/state.json", {"step": "one"}, ["'step'", "whole number", '"one"']),
-        ("train_state/state.json", {"seconds": -5}, ["'seconds'", "-5"]),
-        ("train_state/state.json", {"optimizer": [1]}, ["'optimizer'", "JSON object"]),
-        ("train_state/state.json", '{"step": 1', ["not JSON"]),
+        ("checkpoint/model/config.json", {"latent_channels": "4"}, ["'latent_channels'", '"4"']),
+        (
+            "checkpoint/model/config.json",
+            {"temporal_down": [1, 0]},
+            ["'temporal_down'", "true/false"],
+        ),
+        ("checkpoint/train_state/state.json", {"step": "one"}, ["'step'", "whole number", '"one"']),
+        ("checkpoint/train_state/state.json", {"seconds": -5}, ["'seconds'", "-5"]),
+        ("checkpoint/train_state/state.json", {"optimizer": [1]}, ["'optimizer'", "JSON object"]),
+        ("checkpoint/train_state/state.json", '{"step": 1', ["not JSON"]),
     ],
 )
 def test_train_vae_resume_names_a_bad_saved_value(
     file, change, names, vae_run, tiny_world, tmp_path, capsys
 ):
     run = _copy(vae_run, tmp_path / "run")
-    _edit_json(run / file, change, "config" if file == "config.json" else None)
+    _edit_json(run / file, change, "config" if file.endswith("config.json") else None)
     before = snapshot(run)
     fails(capsys, ["train-vae", "--data", tiny_world[0], "--out", run, "--steps", "2", "--resume",
                    "--preset", "tiny", "--batch", "1", "--max-frames", "5", "--holdout", "1",
