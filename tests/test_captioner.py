@@ -18,7 +18,7 @@ from kinetoscope.captioner.run import GENERATED, recaption
 from kinetoscope.cli import main
 from kinetoscope.data.manifest import read_manifest
 from kinetoscope.io import write_video
-from kinetoscope.train.captioner import caption_accuracy, train_captioner
+from kinetoscope.train.captioner import CaptionerTrainConfig, caption_accuracy, train_captioner
 from kinetoscope.vae import load_vae
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,7 +30,7 @@ def trained(tiny_world, tmp_path_factory) -> Path:
     manifest, vae = tiny_world
     out = tmp_path_factory.mktemp("captioner") / "run"
     train_captioner(manifest, out, vae=vae, steps=160, batch=5, lr=3e-3, warmup=10, width=64,
-                    layers=1, holdout=1, progress=False, precision="fp32")  # fmt: skip
+                    layers=1, patch=1, holdout=1, progress=False, precision="fp32")  # fmt: skip
     return out
 
 
@@ -125,14 +125,21 @@ def test_resume_after_n_steps_equals_an_uninterrupted_run(tiny_world, tmp_path):
     assert resumed["accuracy"] == whole["accuracy"]
 
 
-def test_the_captioner_reads_clips_of_any_size():
+@pytest.mark.parametrize("patch", [(1, 2, 2), (1, 1, 1)])
+def test_the_captioner_reads_clips_of_any_size(patch):
     torch.manual_seed(0)
     captioner = Captioner(CaptionerConfig(vocab=WordTokenizer.fit(["a red circle"]).vocab,
-                                          latent_channels=4, width=32, heads=2,
+                                          latent_channels=4, width=32, heads=2, patch=patch,
                                           encoder_layers=1, decoder_layers=1, max_tokens=8))  # fmt: skip
     latents = [torch.randn(4, 3, 4, 6), torch.randn(4, 9, 8, 8), torch.randn(4, 1, 2, 2)]
     captions = captioner.caption(latents)
     assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
+
+
+def test_the_trained_captioner_keeps_its_patch(trained):
+    assert Captioner.load(trained).config.patch == (1, 1, 1)
+    with pytest.raises(ValueError, match="patch must be at least 1"):
+        CaptionerTrainConfig(patch=0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -420,6 +420,7 @@ def _add_train_captioner(sub) -> None:
     option("level", "caption level to learn")
     option("width", "model width", type=_positive_int)
     option("layers", "layers each side", type=_positive_int)
+    option("patch", "spatial patch side in latent pixels (1: 8-px tokens)", type=_positive_int)
     option("holdout", "clips at the manifest's end held out for the report", type=_count)
     parser.set_defaults(run=_train_captioner)
 

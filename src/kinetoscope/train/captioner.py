@@ -45,7 +45,17 @@ from kinetoscope.vae import BUNDLED, load_vae
 # before the skeleton exported the model (`overwrite` deletes it too).
 RUN_FILES = ("report.json", "captioner")
 # Fields that fix the clips and draws of each step: a resumed run must keep them.
-RESUME_FIELDS = ("seed", "batch", "level", "width", "layers", "max_area", "max_frames", "holdout")
+RESUME_FIELDS = (
+    "seed",
+    "batch",
+    "level",
+    "width",
+    "layers",
+    "patch",
+    "max_area",
+    "max_frames",
+    "holdout",
+)
 ATTRIBUTES = ("count", "color", "shape", "size", "motion", "background", "region")
 
 
@@ -65,6 +75,9 @@ class CaptionerTrainConfig:
     level: str = "long"  # the most descriptive ground truth: start regions and motions too
     width: int = 256  # model width (CaptionerConfig's)
     layers: int = 3  # encoder and decoder each
+    # Spatial patch side in latent pixels: 2 reads 16x16-pixel tokens as the DiT's mini
+    # preset does; 1 reads 8x8-pixel ones (4x the tokens), finer for shapes and small objects.
+    patch: int = 2
     max_area: int = 256 * 256  # as the DiT trainer's, so the two share the latent cache
     max_frames: int = 49  # as the world model's DiT run: the two then share latents
     holdout: int = 200  # last clips of the manifest, never trained on, for the report
@@ -81,8 +94,8 @@ class CaptionerTrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         check_run_config(self)
-        if self.batch < 1 or self.width < 1 or self.layers < 1 or self.holdout < 0:
-            raise ValueError("batch, width and layers must be at least 1, holdout at least 0")
+        if min(self.batch, self.width, self.layers, self.patch) < 1 or self.holdout < 0:
+            raise ValueError("batch, width, layers and patch must be at least 1, holdout >= 0")
 
 
 def caption_accuracy(captions: list[str], truths: list[dict]) -> dict[str, float]:
@@ -173,7 +186,8 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
         torch.manual_seed(config.seed)
         model = Captioner(CaptionerConfig(
             vocab=tokenizer.vocab, latent_channels=vae_model.config.latent_channels,
-            width=config.width, encoder_layers=config.layers, decoder_layers=config.layers))  # fmt: skip
+            width=config.width, encoder_layers=config.layers, decoder_layers=config.layers,
+            patch=(1, config.patch, config.patch)))  # fmt: skip
     net = run.attach(model.to(device).train(), precision=precision)
     named = vae is None or str(vae) in BUNDLED
     run.meta = {"data": run.portable(data), "level": config.level, "train": asdict(config),
