@@ -578,3 +578,12 @@ def test_a_tiny_dit_overfits_a_handful_of_clips(steps, factor):
         optimizer.step()
     after = evaluate()
     assert after < before / factor, f"loss {before:.3f} -> {after:.3f} in {steps} steps"
+
+
+def test_train_help_names_every_preset(capsys):
+    from kinetoscope.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert all(f" {name}," in shown or f" {name} " in shown for name in DIT_PRESETS), shown

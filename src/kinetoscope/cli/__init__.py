@@ -369,7 +369,9 @@ def _add_train(sub) -> None:
     )
     _common_train_options(parser, DIT_CONFIG)
     option = functools.partial(_config_option, parser, DIT_CONFIG)
-    option("preset", "DiT preset: tiny, mini, small, base, ...")
+    option(
+        "preset", "DiT preset (dit.DIT_PRESETS): tiny, mini-fine, mini, small, base, large or xl"
+    )
     option("init", "model or run folder whose weights start the run (fine-tune it; new "
            "optimizer)", shown=False)  # fmt: skip
     option("max_frames", "frames per clip (1 + 4k)", type=_positive_int)
