@@ -315,45 +315,6 @@ def test_resume_names_a_bad_value_in_the_saved_model_config(
     assert snapshot(run) == before
 
 
-@pytest.fixture(scope="session")
-def vae_run(tiny_world, tmp_path_factory) -> Path:
-    """A tiny VAE run stopped after its first step, to resume."""
-    from kinetoscope.train.vae import train_vae
-
-    out = tmp_path_factory.mktemp("hostile-vae") / "run"
-    train_vae(tiny_world[0], out, preset="tiny", steps=2, stop_at=1, batch=1, max_frames=5,
-              holdout=1, eval_every=1, precision="fp32", progress=False)  # fmt: skip
-    return out
-
-
-@pytest.mark.parametrize(
-    ("file", "change", "names"),
-    [
-        ("checkpoint/model/config.json", {"latent_channels": "4"}, ["'latent_channels'", '"4"']),
-        (
-            "checkpoint/model/config.json",
-            {"temporal_down": [1, 0]},
-            ["'temporal_down'", "true/false"],
-        ),
-        ("checkpoint/train_state/state.json", {"step": "one"}, ["'step'", "whole number", '"one"']),
-        ("checkpoint/train_state/state.json", {"seconds": -5}, ["'seconds'", "-5"]),
-        ("checkpoint/train_state/state.json", {"optimizer": [1]}, ["'optimizer'", "JSON object"]),
-        ("checkpoint/train_state/state.json", '{"step": 1', ["not JSON"]),
-    ],
-)
-def test_train_vae_resume_names_a_bad_saved_value(
-    file, change, names, vae_run, tiny_world, tmp_path, capsys
-):
-    run = _copy(vae_run, tmp_path / "run")
-    _edit_json(run / file, change, "config" if file.endswith("config.json") else None)
-    before = snapshot(run)
-    fails(capsys, ["train-vae", "--data", tiny_world[0], "--out", run, "--steps", "2", "--resume",
-                   "--preset", "tiny", "--batch", "1", "--max-frames", "5", "--holdout", "1",
-                   "--eval-every", "1", "--precision", "fp32", "--threads", "1"],
-          run / file, *names)  # fmt: skip
-    assert snapshot(run) == before
-
-
 @pytest.mark.parametrize(
     ("change", "names"),
     [

@@ -5,8 +5,6 @@ import json
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from kinetoscope.data.manifest import read_manifest, write_manifest
 from kinetoscope.dit import DIT_PRESETS, DiT
 from kinetoscope.train.distributed import load_sharded, save_sharded
 from kinetoscope.train.dit import load_dit, train_dit
+from ranks import assert_same_tensors, optimizer_moments, read_metrics, run_two_ranks
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:prompts longer than"),
@@ -56,18 +55,6 @@ dist.destroy_process_group()
 """
 
 
-def _metrics(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-
-
-def _moments(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    return {
-        f"{index}.{name}": value
-        for index, moments in optimizer.state_dict()["state"].items()
-        for name, value in moments.items()
-    }
-
-
 def _checkpoint(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
     """A run's exported model and EMA, and its sharded state read back by one process."""
     checkpoint = folder / "checkpoint"
@@ -77,22 +64,18 @@ def _checkpoint(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
     optimizer = torch.optim.AdamW(model.parameters())
     load_sharded(checkpoint / "train_state" / "sharded", model, ema, optimizer)
     parts["sharded_model"], parts["sharded_ema"] = model.state_dict(), ema.state_dict()
-    return {**parts, "optimizer": _moments(optimizer)}
+    return {**parts, "optimizer": optimizer_moments(optimizer)}
 
 
 def _assert_same_run(expected: Path, actual: Path) -> None:
     """The same losses step by step (within 1e-4) and the same checkpoint (within float
     summation order), exported and sharded."""
-    one, two = _metrics(expected), _metrics(actual)
+    one, two = read_metrics(expected), read_metrics(actual)
     assert [r["step"] for r in two] == [r["step"] for r in one] == list(range(1, 21))
     for a, b in zip(one, two, strict=True):
         assert (a["tokens"], a["epoch"]) == (b["tokens"], b["epoch"])
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-4)
-    x, y = _checkpoint(expected), _checkpoint(actual)
-    for part in x:
-        assert x[part].keys() == y[part].keys()
-        for name in x[part]:
-            torch.testing.assert_close(y[part][name], x[part][name], atol=1e-5, rtol=1e-4)
+    assert_same_tensors(_checkpoint(expected), _checkpoint(actual))
 
 
 @pytest.fixture(scope="module")
@@ -119,20 +102,14 @@ def test_two_ranks_match_one_process_and_their_checkpoints_reshard(parallel, one
     # Two ranks taking 2 batches a step see the global batches of one process taking 4 (and
     # take the no-sync path on the first). Recomputing blocks must not change a thing.
     run = {**RUN, "accumulate": 2, "parallel": parallel, "gradient_checkpointing": True}
-    script = tmp_path / "ranks.py"
-    script.write_text(SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", str(script), str(manifest), str(tmp_path), str(vae),
-               str(reference / "cache"), json.dumps(run), str(STOP)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_ranks(SCRIPT, tmp_path, str(manifest), str(tmp_path), str(vae),
+                  str(reference / "cache"), json.dumps(run), str(STOP))  # fmt: skip
     ranks = [json.loads((tmp_path / f"summary-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["whole"]["weights_sha256"] == ranks[1]["whole"]["weights_sha256"]
     assert ranks[0]["stopped"] == {"steps": STOP, "stopped": True}
 
     # 1. Two ranks train like one process on the same global batches, across epochs.
-    assert _metrics(reference / "whole")[-1]["epoch"] >= 1
+    assert read_metrics(reference / "whole")[-1]["epoch"] >= 1
     _assert_same_run(reference / "whole", tmp_path / "whole")
     # 2. Saved by two ranks, resumed by one process: the uninterrupted run.
     resumed = train_dit(manifest, tmp_path / "parts", vae=vae, cache=reference / "cache",
@@ -155,7 +132,7 @@ def test_two_ranks_match_one_process_and_their_checkpoints_reshard(parallel, one
     assert index["ranks"][1] < 1.5 * index["whole"][1]  # not a copy per rank
     if parallel == "fsdp":  # mixed precision by policy: bf16 weights and compute
         bf16 = ranks[0]["bf16"]
-        first = _metrics(tmp_path / "whole")[0]["loss"]
+        first = read_metrics(tmp_path / "whole")[0]["loss"]
         assert bf16["steps"] == 3 and bf16["first_loss"] == pytest.approx(first, rel=0.05)
 
 

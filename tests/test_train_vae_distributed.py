@@ -2,11 +2,7 @@
 same global batch, and its checkpoints resume at another world size."""
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +11,7 @@ import torch
 from kinetoscope.train.distributed import load_sharded
 from kinetoscope.train.vae import train_vae
 from kinetoscope.vae import VideoVAE, load_vae
+from ranks import assert_same_tensors, optimizer_moments, read_metrics, run_two_ranks
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:torch.distributed is disabled"),  # DCP at world size 1
@@ -49,24 +46,6 @@ dist.destroy_process_group()
 """
 
 
-def _run(command: list[str], env: dict, timeout: float) -> tuple[int, str]:
-    """(exit code, stderr) of `command`; a run past `timeout` is killed with every process it
-    started (the ranks too, which a hang would otherwise leave behind)."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, env=env, start_new_session=True)  # fmt: skip
-    try:
-        _, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        _, stderr = process.communicate()
-        return -1, f"timed out after {timeout} s\n{stderr}"
-    return process.returncode, stderr
-
-
-def _metrics(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-
-
 def _checkpoint(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
     """A run's exported VAE, and its sharded state read back by one process."""
     vae = load_vae(folder)
@@ -75,18 +54,13 @@ def _checkpoint(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
     optimizer = torch.optim.AdamW(fresh.parameters())
     load_sharded(folder / "checkpoint" / "train_state" / "sharded", fresh, None, optimizer)
     parts["sharded_model"] = fresh.state_dict()
-    parts["optimizer"] = {
-        f"{index}.{name}": value
-        for index, moments in optimizer.state_dict()["state"].items()
-        for name, value in moments.items()
-    }
-    return parts
+    return {**parts, "optimizer": optimizer_moments(optimizer)}
 
 
 def _assert_same_run(expected: Path, actual: Path) -> None:
     """The same losses and clips step by step (losses within 1e-4), the same held-out PSNR,
     and the same checkpoint (within float summation order), exported and sharded."""
-    one, two = _metrics(expected), _metrics(actual)
+    one, two = read_metrics(expected), read_metrics(actual)
     assert [r["step"] for r in two] == [r["step"] for r in one] == list(range(1, 9))
     for a, b in zip(one, two, strict=True):
         assert a["frames"] == b["frames"] and a["lr"] == b["lr"]
@@ -94,11 +68,7 @@ def _assert_same_run(expected: Path, actual: Path) -> None:
         assert ("psnr" in b) == ("psnr" in a) == (a["step"] % 4 == 0)
         if "psnr" in a:
             assert b["psnr"] == pytest.approx(a["psnr"], abs=1e-3)
-    x, y = _checkpoint(expected), _checkpoint(actual)
-    for part in x:
-        assert x[part].keys() == y[part].keys()
-        for name in x[part]:
-            torch.testing.assert_close(y[part][name], x[part][name], atol=1e-5, rtol=1e-4)
+    assert_same_tensors(_checkpoint(expected), _checkpoint(actual))
 
 
 @pytest.fixture(scope="module")
@@ -120,13 +90,7 @@ def test_two_ranks_match_one_process_and_their_checkpoints_reshard(parallel, one
     manifest, reference = one_process
     shutil.copytree(reference / "parts", tmp_path / "from-one")
     run = {**RUN, "parallel": parallel}
-    script = tmp_path / "ranks.py"
-    script.write_text(SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", str(script), str(manifest), str(tmp_path), json.dumps(run),
-               str(STOP)]  # fmt: skip
-    returncode, stderr = _run(command, {**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
-    assert returncode == 0, stderr[-3000:]
+    run_two_ranks(SCRIPT, tmp_path, str(manifest), str(tmp_path), json.dumps(run), str(STOP))
     ranks = [json.loads((tmp_path / f"summary-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["whole"]["weights_sha256"] == ranks[1]["whole"]["weights_sha256"]
     assert ranks[0]["whole"]["heldout_psnr"] == ranks[1]["whole"]["heldout_psnr"]
