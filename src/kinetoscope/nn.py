@@ -267,6 +267,17 @@ class PackedSegments:
         )
 
 
+def _runs(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The runs of equal values in each row of ids (N, L) on the host: each run's value, its
+    sequence and its length, (R,) each, in order (a run starts at each sequence and change)."""
+    n, length = ids.shape
+    change = torch.ones(n, length, dtype=torch.bool)
+    change[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    starts = change.flatten().nonzero().squeeze(1)  # (R,) flat start of every run
+    lengths = torch.diff(starts, append=torch.tensor([n * length]))  # (R,)
+    return ids.flatten()[starts], starts // max(length, 1), lengths
+
+
 def packed_segments(sample_ids: Tensor) -> PackedSegments:
     """The segments of N packed sequences with sample ids (N, L), -1 at padding.
 
@@ -274,16 +285,11 @@ def packed_segments(sample_ids: Tensor) -> PackedSegments:
     (the same id may recur in other sequences, e.g. the two halves of a guided batch). The ids
     are read on the host: one device sync per call, so call it once per forward.
     """
-    n, length = sample_ids.shape
     ids = sample_ids.detach().long().cpu()  # (N, L)
-    change = torch.ones(n, length, dtype=torch.bool)
-    change[:, 1:] = ids[:, 1:] != ids[:, :-1]  # a run starts at each sequence and each change
-    starts = change.flatten().nonzero().squeeze(1)  # (R,) flat start of every run
-    lengths = torch.diff(starts, append=torch.tensor([n * length]))  # (R,)
-    run_ids, run_seqs = ids.flatten()[starts], starts // max(length, 1)  # (R,) each
+    run_ids, run_seqs, lengths = _runs(ids)  # (R,) each
     real = run_ids >= 0  # (R,)
     _check_contiguous(run_seqs[real], run_ids[real])
-    per_sequence = torch.bincount(run_seqs, minlength=n).tolist()
+    per_sequence = torch.bincount(run_seqs, minlength=len(ids)).tolist()
     cu_seqlens = torch.zeros(int(real.sum()) + 1, dtype=torch.int32)  # (M+1,)
     cu_seqlens[1:] = lengths[real].cumsum(0)
     tokens = (ids.flatten() >= 0).nonzero().squeeze(1)  # (T,)
@@ -426,14 +432,10 @@ def text_runs(sample_index: Tensor, text_mask: Tensor) -> TextRuns:
     """The runs of equal text rows in sample_index (N, L) (-1: no text) and each row's unmasked
     tokens in text_mask (B, S). Read on the host: one device sync, so call it once per forward.
     A row may recur in several runs and sequences (samples sharing a prompt)."""
-    n, length = sample_index.shape
     ids = sample_index.detach().long().cpu()  # (N, L)
-    change = torch.ones(n, length, dtype=torch.bool)
-    change[:, 1:] = ids[:, 1:] != ids[:, :-1]  # a run starts at each sequence and each change
-    starts = change.flatten().nonzero().squeeze(1)  # (R,) flat start of every run
-    lengths = torch.diff(starts, append=torch.tensor([n * length]))  # (R,)
-    per_sequence = torch.bincount(starts // max(length, 1), minlength=n).tolist()
-    rows = ids.flatten()[starts].clamp(min=-1)  # (R,)
+    rows, run_seqs, lengths = _runs(ids)  # (R,) each
+    rows = rows.clamp(min=-1)
+    per_sequence = torch.bincount(run_seqs, minlength=len(ids)).tolist()
     mask = text_mask.detach().bool().cpu()  # (B, S)
     return TextRuns(
         lengths=tuple(tuple(part.tolist()) for part in lengths.split(per_sequence)),
@@ -447,6 +449,7 @@ def text_cross_attention(q: Tensor, k: Tensor, v: Tensor, runs: TextRuns) -> Ten
     of tokens attends to the unmasked tokens of its own text row only, so a token's cost is its
     row's S keys whatever else its sequence holds. Runs with no row, or a row with no unmasked
     token, output zeros. One SDPA per run (a row's keys are sliced once per call)."""
+    k, v = k.to(q.dtype), v.to(q.dtype)  # SDPA takes one dtype; cast once, not per run
     keys: dict[int, tuple[Tensor, Tensor] | None] = {}
 
     def row_keys(row: int) -> tuple[Tensor, Tensor] | None:
@@ -467,7 +470,7 @@ def text_cross_attention(q: Tensor, k: Tensor, v: Tensor, runs: TextRuns) -> Ten
         for qs, row in zip(q[n : n + 1].split(lengths, 2), rows, strict=True):  # (1, H, Li, Dh)
             kv = row_keys(row)
             pieces.append(torch.zeros_like(qs) if kv is None else F.scaled_dot_product_attention(
-                qs, kv[0].to(qs.dtype), kv[1].to(qs.dtype)))  # fmt: skip
+                qs, *kv))  # fmt: skip
         out.append(torch.cat(pieces, dim=2))  # (1, H, L, Dh)
     return torch.cat(out)  # (N, H, L, Dh)
 
