@@ -164,10 +164,7 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
                           caption_level=config.level, temporal_crop="start", seed=config.seed)  # fmt: skip
     precision = ddp.agree(resolve_precision(config.precision, device) if run.main else None)
     latents = LatentCache(dataset, vae_model, cache / "latents", precision)
-    latents.fill(list(range(ddp.rank, len(dataset), ddp.world_size)), device,
-                 run.progress and run.main)  # fmt: skip
-    ddp.barrier()  # every rank's share is on disk before anyone looks for it
-    cached = [i for i in range(len(dataset)) if latents.has(i)]
+    cached = latents.fill_over_ranks(ddp, device, run.progress)
     if len(cached) <= config.holdout:
         raise ValueError(f"{len(cached)} clips cached; need more than --holdout {config.holdout}")
     train_ids, held_ids = cached[: -config.holdout or None], cached[len(cached) - config.holdout :]

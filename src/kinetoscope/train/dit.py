@@ -297,10 +297,7 @@ def _train(run: Run, data: Path, vae_folder: Path, cache: Path, stop_at: int | N
     # on rank 0 only: ranks that measured differently would not compute the same step.
     precision = ddp.agree(resolve_precision(config.precision, device) if run.main else None)
     latents = LatentCache(dataset, vae, cache / "latents", precision)
-    latents.fill(list(range(ddp.rank, len(dataset), ddp.world_size)), device,
-                 run.progress and run.main)  # fmt: skip
-    ddp.barrier()  # every rank's share is on disk before anyone looks for it
-    valid = [i for i in range(len(dataset)) if latents.has(i)]  # the same list on every rank
+    valid = latents.fill_over_ranks(ddp, device, run.progress)
     if not valid:
         raise ValueError(f"no clip of {data} could be read; check the manifest's files")
 

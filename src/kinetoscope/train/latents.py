@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from kinetoscope.checkpoint import save_tensors
 from kinetoscope.data.dataset import ClipDataset
+from kinetoscope.train.run import Distributed
 from kinetoscope.vae import VideoVAE
 
 log = logging.getLogger("kinetoscope.train")
@@ -174,3 +175,11 @@ class LatentCache:
             if self._read(index) is not None or self.encode(index, device):
                 cached.append(index)
         return cached
+
+    def fill_over_ranks(self, ddp: Distributed, device: torch.device, progress: bool) -> list[int]:
+        """`fill` over the ranks of a run, each encoding every world_size-th clip; once all
+        are done, the clips cached (the same list on every rank). `progress` on rank 0 only."""
+        self.fill(list(range(ddp.rank, len(self.dataset), ddp.world_size)), device,
+                  progress and ddp.rank == 0)  # fmt: skip
+        ddp.barrier()  # every rank's share is on disk before anyone looks for it
+        return [i for i in range(len(self.dataset)) if self.has(i)]
