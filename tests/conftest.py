@@ -69,11 +69,12 @@ def tiny_world(tmp_path_factory) -> tuple[Path, Path]:
 
 
 class ChatServer:
-    """What the test server answers (`answer`: the message text, or raw bytes), after `delay`
-    seconds, and every (path, body) it was sent (`seen`)."""
+    """What the test server answers (`answer`: the message text, or raw bytes; with HTTP
+    `status`), after `delay` seconds, and every (path, body) it was sent (`seen`)."""
 
     def __init__(self) -> None:
         self.answer: object = "a caption"
+        self.status = 200  # the HTTP status it answers with
         self.delay = 0.0
         self.seen: list[tuple[str, dict]] = []
         self.url = ""
@@ -98,7 +99,7 @@ def chat_server():
             answer = state.answer
             data = answer if isinstance(answer, bytes) else json.dumps(
                 {"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()  # fmt: skip
-            self.send_response(200)
+            self.send_response(state.status)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
             self.wfile.write(data)

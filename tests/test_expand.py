@@ -102,6 +102,13 @@ def test_chat_expander_refuses_garbage_answers(chat_server, answer, message):
         ChatExpander(chat_server.url, "m").expand("a red circle moving right")
 
 
+def test_a_refused_request_is_not_retried_and_names_the_model(chat_server):
+    chat_server.status, chat_server.answer = 404, b'{"error": "model not found"}'
+    with pytest.raises(ValueError, match=r"refused the request \(HTTP 404.*'no-such-model'"):
+        ChatExpander(chat_server.url, "no-such-model", retries=2).expand("a red circle")
+    assert len(chat_server.seen) == 1  # a client error would not change on retry
+
+
 def test_chat_expander_times_out_and_names_a_server_that_is_down(chat_server):
     chat_server.answer, chat_server.delay = "a small red circle moves right", 2.0
     start = time.monotonic()
