@@ -54,6 +54,48 @@ def test_accuracy_counts_each_attribute(tiny_world):
     assert empty["color"] == 0.0 and empty["count"] == 0.0
 
 
+def test_accuracy_pairs_objects_whatever_order_the_caption_names_them(tiny_world):
+    manifest, _ = tiny_world
+    truths = [json.loads(Path(r.truth).read_text()) for r in read_manifest(manifest)]
+    truth = next(t for t in truths if len(t["objects"]) > 1)
+    first, second = truth["objects"][:2]
+    sentence = "A {size} {color} {shape} starts in the {region}."
+    swapped = " ".join(sentence.format(**o) for o in truth["objects"][::-1])
+    assert caption_accuracy([swapped], [truth])["shape"] == 1.0
+    # One object described, the other missed: half the shapes right, whatever the order.
+    assert caption_accuracy([sentence.format(**second)], [truth])["shape"] == 0.5
+    assert caption_accuracy([sentence.format(**first)], [truth])["count"] == 0.0
+
+
+def test_greedy_decoding_one_word_at_a_time_matches_the_whole_decoder():
+    from kinetoscope.captioner.model import _DecodeStep
+
+    torch.manual_seed(0)
+    captioner = Captioner(CaptionerConfig(vocab=WordTokenizer.fit(["a red circle moves"]).vocab,
+                                          latent_channels=4, width=32, heads=2, max_tokens=12,
+                                          encoder_layers=1, decoder_layers=2,
+                                          canvas_features=True)).eval()  # fmt: skip
+    latents = [torch.randn(4, 3, 4, 6), torch.randn(4, 2, 2, 2)]
+    with torch.no_grad():
+        memory, pad = captioner.encode(latents)
+        words = torch.randint(1, len(captioner.config.vocab), (2, 11))  # no padding
+        whole = captioner._decode(words, memory, pad)  # (B, S, V)
+        step = _DecodeStep(captioner, memory, pad)
+        one_by_one = torch.stack([step(words[:, k]) for k in range(11)], dim=1)
+    torch.testing.assert_close(one_by_one, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_canvas_features_place_each_token_on_its_own_clips_canvas():
+    from kinetoscope.captioner.model import canvas_features
+
+    where = torch.tensor([[[0, 0, 0], [0, 1, 3], [0, 0, 0]], [[0, 0, 0], [1, 0, 1], [0, 0, 0]]])
+    pad = torch.tensor([[False, False, True], [False, False, True]])
+    features = canvas_features(where, pad)  # (B, M, 4)
+    # Clip 0: a 2x4 grid, clip 1: 1x2 (the padded token is ignored).
+    torch.testing.assert_close(features[0, 1], torch.tensor([0.75, 0.875, 2 / 16, 4 / 16]))
+    torch.testing.assert_close(features[1, 1], torch.tensor([0.5, 0.75, 1 / 16, 2 / 16]))
+
+
 def test_a_tiny_captioner_learns_its_clips(trained, tiny_world):
     manifest, vae_folder = tiny_world
     report = json.loads((trained / "report.json").read_text())

@@ -213,3 +213,23 @@ def test_medium_caption_of_one_moving_object_reads_naturally():
         captions(scene, simulate(scene), np.random.default_rng(s))["medium"] for s in range(40)
     }
     assert "a small red circle moves right across a black background" in texts
+
+
+def test_in_reading_order_sorts_object_sentences_by_where_they_start():
+    from kinetoscope.data.world import parse_caption
+    from kinetoscope.data.world.captions import in_reading_order
+
+    reordered = 0
+    for text, truth in _clips(200, seed=2):
+        if len(truth["objects"]) < 2:
+            continue
+        ordered = in_reading_order(text["long"], truth["objects"])
+        sentences = re.split(r"(?<=\.) ", text["long"])
+        assert sorted(re.split(r"(?<=\.) ", ordered)) == sorted(sentences)  # the same sentences
+        rows = [next(r for r, names in enumerate(REGIONS) if o.region in names)
+                for o in parse_caption(ordered).objects]  # fmt: skip
+        assert rows == sorted(rows), ordered
+        reordered += ordered != text["long"]
+        for level in ("short", "medium"):  # not one sentence per object: left as it is
+            assert in_reading_order(text[level], truth["objects"]) == text[level]
+    assert reordered >= 10

@@ -82,6 +82,11 @@ class CaptionerConfig:
     # Latent frames read: the first 17 frames show where objects start and how they move;
     # longer clips cost tokens (and time) without changing those words.
     max_latent_frames: int = 5
+    # Each token also reads where it sits as a fraction of the canvas and the canvas's size:
+    # start regions ("top left") and sizes ("small") are relative to the canvas, which the
+    # integer positions alone leave the encoder to work out. Off in captioners trained
+    # before it.
+    canvas_features: bool = False
 
     def __post_init__(self) -> None:
         if self.width % self.heads or (self.width // 3) < 2:
@@ -100,6 +105,66 @@ def spacetime_embedding(coords: Tensor, width: int) -> Tensor:
     return nn.functional.pad(emb, (0, width - emb.shape[-1]))
 
 
+def _heads(attention: nn.MultiheadAttention, x: Tensor, part: int) -> Tensor:
+    """Projection `part` (0 query, 1 key, 2 value) of x (B, S, D), split into heads
+    (B, H, S, D/H)."""
+    d = x.shape[-1]
+    rows = slice(part * d, (part + 1) * d)
+    y = nn.functional.linear(x, attention.in_proj_weight[rows], attention.in_proj_bias[rows])
+    return rearrange(y, "b s (h e) -> b h s e", h=attention.num_heads)
+
+
+def _attend(attention: nn.MultiheadAttention, x: Tensor, keys: Tensor, values: Tensor,
+            mask: Tensor | None = None) -> Tensor:  # fmt: skip
+    """`attention` of queries x (B, S, D) over projected keys and values (B, H, M, D/H)."""
+    q = _heads(attention, x, 0)
+    out = nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+    return attention.out_proj(rearrange(out, "b h s e -> b s (h e)"))
+
+
+class _DecodeStep:
+    """The decoder one token at a time: each layer keeps the keys and values of the tokens
+    before (and projects the encoder's states once), so a caption of S words costs S
+    one-token passes instead of S passes over all the words so far. Computes what
+    `Captioner._decode` computes (pre-norm layers, no final decoder norm)."""
+
+    def __init__(self, model: Captioner, memory: Tensor, pad: Tensor) -> None:
+        self.model, self.position = model, 0
+        self.layers = list(model.decoder.layers)
+        self.memory = [(_heads(layer.multihead_attn, memory, 1),
+                        _heads(layer.multihead_attn, memory, 2)) for layer in self.layers]  # fmt: skip
+        self.memory_mask = ~pad[:, None, None, :]  # (B, 1, 1, M): True attends
+        self.cache: list[tuple[Tensor, Tensor] | None] = [None] * len(self.layers)
+
+    def __call__(self, token: Tensor) -> Tensor:
+        """Next-token logits (B, V) after `token` (B,)."""
+        m = self.model
+        x = m.token_embed(token)[:, None] + m.token_pos.weight[self.position]  # (B, 1, D)
+        self.position += 1
+        for i, layer in enumerate(self.layers):
+            h = layer.norm1(x)
+            k, v = _heads(layer.self_attn, h, 1), _heads(layer.self_attn, h, 2)  # (B, H, 1, E)
+            if self.cache[i] is not None:
+                k, v = torch.cat([self.cache[i][0], k], 2), torch.cat([self.cache[i][1], v], 2)
+            self.cache[i] = (k, v)
+            x = x + _attend(layer.self_attn, h, k, v)
+            x = x + _attend(layer.multihead_attn, layer.norm2(x), *self.memory[i],
+                            mask=self.memory_mask)  # fmt: skip
+            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
+        return m.head(m.norm(x))[:, 0]
+
+
+def canvas_features(where: Tensor, pad: Tensor) -> Tensor:
+    """Per token (B, M, 4): its row and column as fractions of its clip's grid (cell
+    centres) and the grid's rows and columns / 16, from integer positions (B, M, 3) and
+    padding (B, M)."""
+    extent = (
+        where.masked_fill(pad[..., None], 0).amax(dim=1, keepdim=True)[..., 1:] + 1
+    )  # (B, 1, 2)
+    fraction = (where[..., 1:] + 0.5) / extent  # (B, M, 2)
+    return torch.cat([fraction, (extent / 16).expand_as(fraction)], dim=-1).float()
+
+
 class Captioner(nn.Module):
     """Latent video -> caption tokens (see the module docstring)."""
 
@@ -110,6 +175,7 @@ class Captioner(nn.Module):
         self.meta: dict = {}  # what it was trained on ("vae": the VAE its latents came from)
         d, (pt, ph, pw) = config.width, config.patch
         self.patch_embed = nn.Linear(config.latent_channels * pt * ph * pw, d)
+        self.canvas_embed = nn.Linear(4, d) if config.canvas_features else None
         layer = dict(d_model=d, nhead=config.heads, dim_feedforward=4 * d, dropout=0.0,
                      batch_first=True, norm_first=True)  # fmt: skip
         self.encoder = nn.TransformerEncoder(
@@ -144,6 +210,8 @@ class Captioner(nn.Module):
         where = torch.stack([nn.functional.pad(c, (0, 0, 0, longest - len(c))) for c in coords])
         pad = torch.stack([torch.arange(longest, device=x.device) >= len(g) for g in tokens])
         h = self.patch_embed(x) + spacetime_embedding(where, self.config.width)  # (B, M, D)
+        if self.canvas_embed is not None:
+            h = h + self.canvas_embed(canvas_features(where, pad))
         return self.encoder(h, src_key_padding_mask=pad), pad
 
     def forward(self, latents: list[Tensor], tokens: Tensor) -> Tensor:
@@ -165,15 +233,15 @@ class Captioner(nn.Module):
         """Greedy captions of latents (c, t, h, w)."""
         memory, pad = self.encode(latents)
         bos, eos = self.tokenizer.index[BOS], self.tokenizer.index[EOS]
-        tokens = torch.full((len(latents), 1), bos, device=memory.device)
+        step = _DecodeStep(self, memory, pad)
+        tokens = [torch.full((len(latents),), bos, device=memory.device)]
         done = torch.zeros(len(latents), dtype=torch.bool, device=memory.device)
         for _ in range(self.config.max_tokens - 1):
-            nxt = self._decode(tokens, memory, pad)[:, -1].argmax(-1)  # (B,)
-            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-            done |= nxt == eos
+            tokens.append(step(tokens[-1]).argmax(-1))  # (B,)
+            done |= tokens[-1] == eos
             if done.all():
                 break
-        return [self.tokenizer.decode(row.tolist()) for row in tokens]
+        return [self.tokenizer.decode(row.tolist()) for row in torch.stack(tokens, dim=1)]
 
     def save(self, folder: str | os.PathLike, meta: dict | None = None) -> Path:
         return save_model(folder, self, self.config, meta=meta or {})
@@ -204,4 +272,10 @@ class Captioner(nn.Module):
         return cls.load(BUNDLED_CAPTIONER)
 
 
-__all__ = ["Captioner", "CaptionerConfig", "WordTokenizer", "spacetime_embedding"]
+__all__ = [
+    "Captioner",
+    "CaptionerConfig",
+    "WordTokenizer",
+    "canvas_features",
+    "spacetime_embedding",
+]

@@ -20,6 +20,7 @@ reads), metrics.jsonl, loss.png, and report.json.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from kinetoscope.captioner import Captioner, CaptionerConfig, WordTokenizer
 from kinetoscope.checkpoint import load_config, save_json
 from kinetoscope.data.dataset import ClipDataset
 from kinetoscope.data.world import parse_caption
+from kinetoscope.data.world.captions import in_reading_order
 from kinetoscope.nn import resolve_precision
 from kinetoscope.train.distributed import CHECKPOINT
 from kinetoscope.train.latents import LatentCache
@@ -57,6 +59,7 @@ RESUME_FIELDS = (
     "holdout",
 )
 ATTRIBUTES = ("count", "color", "shape", "size", "motion", "background", "region")
+_OBJECT_ATTRIBUTES = ("color", "shape", "size", "motion", "region")  # each a truth key too
 
 
 @dataclass
@@ -101,25 +104,37 @@ class CaptionerTrainConfig:
 
 def caption_accuracy(captions: list[str], truths: list[dict]) -> dict[str, float]:
     """Share of correct attributes of generated captions against ground-truth dicts (the
-    world's truth files), objects matched in order: count, then per object colour, shape,
-    size, motion and start region, and the background."""
+    world's truth files): count; per object colour, shape, size, motion (videos only) and
+    start region; and the background. A caption names a set of objects in whatever order, so
+    each truth object is compared with the caption object of the pairing (one to one) that
+    gets the most attributes right; a truth object left unpaired gets none right."""
     right = {name: [] for name in ATTRIBUTES}
     for caption, truth in zip(captions, truths, strict=True):
         parsed = parse_caption(caption)
         objects = truth["objects"]
         right["count"].append(len(parsed.objects) == len(objects))
         right["background"].append(parsed.background == truth["canvas"]["background"])
-        video = truth["frames"] > 1
-        for i, obj in enumerate(objects):
-            found = parsed.objects[i] if i < len(parsed.objects) else None
-            for name, key in (("color", "color"), ("shape", "shape"), ("size", "size"),
-                              ("region", "region"), ("motion", "motion")):  # fmt: skip
-                if name == "motion" and not video:
-                    continue
-                right[name].append(found is not None and getattr(found, key) == obj[key])
+        names = [name for name in _OBJECT_ATTRIBUTES if name != "motion" or truth["frames"] > 1]
+        found = parsed.objects + [None] * (len(objects) - len(parsed.objects))  # None: unpaired
+        hits = [[[f is not None and getattr(f, name) == obj[name] for name in names] for f in found]
+                for obj in objects]  # fmt: skip
+        pairing = max(itertools.permutations(range(len(found)), len(objects)),
+                      key=lambda p: sum(sum(row[j]) for row, j in zip(hits, p, strict=True)))  # fmt: skip
+        for row, j in zip(hits, pairing, strict=True):
+            for name, hit in zip(names, row[j], strict=True):
+                right[name].append(hit)
     return {
         name: float(np.mean(values)) if values else float("nan") for name, values in right.items()
     }
+
+
+def _target_caption(dataset: ClipDataset, index: int) -> str:
+    """What the captioner learns to write for clip `index`: its caption, with a world clip's
+    objects in reading order (`in_reading_order`)."""
+    caption, truth = dataset.caption(index), dataset.records[index].truth
+    if not caption or truth is None:
+        return caption
+    return in_reading_order(caption, json.loads(Path(truth).read_text())["objects"])
 
 
 def _batch(model: Captioner, tokens: list[list[int]]) -> torch.Tensor:
@@ -169,7 +184,7 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
     if len(cached) <= config.holdout:
         raise ValueError(f"{len(cached)} clips cached; need more than --holdout {config.holdout}")
     train_ids, held_ids = cached[: -config.holdout or None], cached[len(cached) - config.holdout :]
-    captions = {i: dataset.caption(i) for i in cached}
+    captions = {i: _target_caption(dataset, i) for i in cached}
     if any(not captions[i] for i in train_ids):
         raise ValueError(f"some clips of {data} have no {config.level!r} caption")
     if min(config.batch, len(train_ids)) < ddp.world_size:
@@ -185,7 +200,7 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
         model = Captioner(CaptionerConfig(
             vocab=tokenizer.vocab, latent_channels=vae_model.config.latent_channels,
             width=config.width, encoder_layers=config.layers, decoder_layers=config.layers,
-            patch=(1, config.patch, config.patch)))  # fmt: skip
+            patch=(1, config.patch, config.patch), canvas_features=True))  # fmt: skip
     net = run.attach(model.to(device).train(), precision=precision)
     named = vae is None or str(vae) in BUNDLED
     run.meta = {"data": run.portable(data), "level": config.level, "train": asdict(config),

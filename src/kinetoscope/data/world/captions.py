@@ -18,9 +18,11 @@ around; the long caption says which walls and objects it meets.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
-from .palette import DIRECTIONS, region
+from .palette import DIRECTIONS, REGIONS, region
 from .physics import Trajectory
 from .scene import SceneSpec
 
@@ -197,6 +199,35 @@ def _long(scene: SceneSpec, events, rng: np.random.Generator) -> str:
         background = f"The background is plain {bg}."
     body = [background, *sentences] if rng.random() < 0.3 else [*sentences, background]
     return _pick(rng, openers) + " ".join(body)
+
+
+def in_reading_order(caption: str, objects: list[dict]) -> str:
+    """A long caption with its object sentences in reading order of where the objects start
+    (by 3x3 region, rows top to bottom, then left to right; then by exact start), the other
+    sentences where they were. `objects`: the truth file's. A caption whose sentences are not
+    one per object (other levels, other footage) comes back unchanged.
+
+    The world names objects in the random order it drew them; a captioner cannot see that
+    order, but it can see where objects start, so it learns to write them in this one."""
+    sentences = re.split(r"(?<=\.)\s+", caption.strip())
+    slots = {}
+    for index, obj in enumerate(objects):
+        subject = f"A {obj['size']} {obj['color']} {obj['shape']} "
+        found = [k for k, sentence in enumerate(sentences) if sentence.startswith(subject)]
+        if len(found) != 1:
+            return caption
+        slots[found[0]] = index
+    if len(slots) != len(objects):
+        return caption
+
+    def place(index: int) -> tuple:
+        x, y = objects[index]["start"]
+        row = next(r for r, names in enumerate(REGIONS) if objects[index]["region"] in names)
+        return row, REGIONS[row].index(objects[index]["region"]), y, x
+
+    ordered = iter(sorted(slots.values(), key=place))
+    by_object = {slots[k]: sentences[k] for k in slots}
+    return " ".join(by_object[next(ordered)] if k in slots else s for k, s in enumerate(sentences))
 
 
 def captions(scene: SceneSpec, trajectory: Trajectory, rng: np.random.Generator) -> dict[str, str]:
