@@ -233,3 +233,18 @@ def test_in_reading_order_sorts_object_sentences_by_where_they_start():
         for level in ("short", "medium"):  # not one sentence per object: left as it is
             assert in_reading_order(text[level], truth["objects"]) == text[level]
     assert reordered >= 10
+
+
+def test_alt_text_names_the_objects_and_nothing_of_their_size_motion_or_place():
+    from kinetoscope.data.world import parse_caption
+    from kinetoscope.data.world.captions import alt_text
+
+    for _, truth in _clips(60, seed=3):
+        alt = alt_text(truth["objects"], truth["canvas"]["background"], np.random.default_rng(0))
+        parsed = parse_caption(alt)
+        assert [(o.color, o.shape) for o in parsed.objects] == [
+            (o["color"], o["shape"]) for o in truth["objects"]
+        ], alt
+        assert all(o.size is None and o.motion is None and o.region is None
+                   for o in parsed.objects), alt  # fmt: skip
+        assert parsed.background in (None, truth["canvas"]["background"]), alt

@@ -201,6 +201,16 @@ def _long(scene: SceneSpec, events, rng: np.random.Generator) -> str:
     return _pick(rng, openers) + " ".join(body)
 
 
+def alt_text(objects: list[dict], background: str, rng: np.random.Generator) -> str:
+    """What alt-text says of a clip: its objects by colour and shape, sometimes the
+    background; never their size, motion or place. `objects`: the truth file's. The captions
+    a web-scraped video comes with, against which the recaptioning study measures the
+    captioner's."""
+    names = _join([f"a {o['color']} {o['shape']}" for o in objects])
+    template = _pick(rng, ("{o}", "{o} on a {bg} background", "a video of {o}", "{o}, {bg}"))
+    return template.format(o=names, bg=background)
+
+
 def in_reading_order(caption: str, objects: list[dict]) -> str:
     """A long caption with its object sentences in reading order of where the objects start
     (by 3x3 region, rows top to bottom, then left to right; then by exact start), the other

@@ -1,0 +1,138 @@
+"""The recaptioning study: does a world model trained on the captioner's descriptive captions
+follow prompts better than one trained on alt-text, at the same compute?
+
+The steps, each a command (docs/recaptioning.md gives the whole run):
+
+- `manifests`: from a world's manifest, `alt.jsonl` (each clip with alt-text only: its
+  objects by colour and shape, sometimes the background, as `alt_text` writes it) and, from
+  the same world recaptioned by the captioner (`kinetoscope recaption`), `descriptive.jsonl`
+  (each clip with the generated caption only). It prints how right the generated captions
+  are (`caption_accuracy` against the ground truth).
+- `user`: a model's adherence on the standard suite's scenes prompted in a user's short
+  style (`bench_expand.user_prompt`, every attribute stated), written to a JSON file.
+- `report`: the two arms' world-benchmark reports and user-style adherence side by side, as
+  a markdown table and a bar plot.
+
+    python benchmarks/recaption_study.py manifests --world W/manifest.jsonl [--recaptioned R]
+    python benchmarks/recaption_study.py user --model RUN --out user.json [--scenes 40]
+    python benchmarks/recaption_study.py report --arm alt=EVAL,USER --arm descriptive=...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from kinetoscope.data.manifest import read_manifest, write_manifest
+from kinetoscope.data.world.captions import alt_text
+from kinetoscope.train.captioner import caption_accuracy
+from record import markdown_table
+
+SCORES = ("overall", "adherence", "color", "shape", "size", "motion_direction", "permanence",
+          "quality")  # fmt: skip
+
+
+def manifests(world: Path, recaptioned: Path | None, seed: int) -> None:
+    """Write alt.jsonl (and descriptive.jsonl) beside `world`."""
+    records = read_manifest(world)
+    truths = [json.loads(Path(r.truth).read_text()) for r in records]
+    for i, (record, truth) in enumerate(zip(records, truths, strict=True)):
+        rng = np.random.default_rng([seed, i])
+        record.captions = {"alt": alt_text(truth["objects"], truth["canvas"]["background"], rng)}
+    print("wrote", write_manifest(world.parent / "alt.jsonl", records))
+    if recaptioned is None:
+        return
+    described = read_manifest(recaptioned)
+    if [r.path for r in described] != [r.path for r in records]:
+        raise SystemExit(f"{recaptioned} does not list the clips of {world} in order")
+    for record in described:
+        record.captions = {"generated": record.captions["generated"]}
+    accuracy = caption_accuracy([r.captions["generated"] for r in described], truths)
+    print("generated captions:", {k: round(v, 3) for k, v in accuracy.items()})
+    print("wrote", write_manifest(world.parent / "descriptive.jsonl", described))
+
+
+def user_adherence(model: str, scenes: int, steps: int, out: Path) -> None:
+    """Mean adherence on `scenes` standard-suite scenes prompted in a user's words."""
+    from bench_expand import user_prompt
+    from kinetoscope.evaluate.world import score_video, suite
+    from kinetoscope.pipeline import Pipeline
+
+    pipe, rng, scores = Pipeline.load(model), np.random.default_rng(1), []
+    for i, entry in enumerate(suite("standard")[:scenes]):
+        prompt, _ = user_prompt(entry.spec, rng, complete=True)
+        [video] = pipe.generate(prompt, width=entry.spec.width, height=entry.spec.height,
+                                frames=entry.spec.frames, steps=steps, seed=i, progress=False)  # fmt: skip
+        scores.append(score_video(video, entry.spec)["adherence"] or 0.0)
+        print(f"{i + 1}/{scenes} {scores[-1]:.2f} {prompt}", flush=True)
+    result = {"model": model, "scenes": scenes, "steps": steps, "adherence": float(np.mean(scores))}
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(result)
+
+
+def report(arms: list[str], plot: Path | None) -> None:
+    """Print the arms side by side; draw them to `plot`."""
+    columns = {}
+    for arm in arms:
+        name, paths = arm.split("=", 1)
+        eval_folder, user = paths.split(",")
+        standard = json.loads((Path(eval_folder) / "world_standard.json").read_text())["mean"]
+        heldout = json.loads((Path(eval_folder) / "world_heldout.json").read_text())["mean"]
+        columns[name] = {key: standard[key] for key in SCORES}
+        columns[name]["heldout overall"] = heldout["overall"]
+        columns[name]["user-style adherence"] = json.loads(Path(user).read_text())["adherence"]
+    keys = list(next(iter(columns.values())))
+    print(markdown_table(["score", *columns], [[k, *(c[k] for c in columns.values())]
+                                                for k in keys]))  # fmt: skip
+    if plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(9, 3.5))
+        width = 0.8 / len(columns)
+        for k, (name, values) in enumerate(columns.items()):
+            ax.bar(np.arange(len(keys)) + k * width, [values[key] for key in keys], width,
+                   label=name)  # fmt: skip
+        ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, keys, rotation=30, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_title("World benchmark: alt-text against the captioner's captions")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(plot, dpi=120)
+        print("wrote", plot)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="step", required=True)
+    make = sub.add_parser("manifests", help="alt.jsonl and descriptive.jsonl beside --world")
+    make.add_argument("--world", type=Path, required=True, help="a world's manifest.jsonl")
+    make.add_argument("--recaptioned", type=Path, help="that manifest after kinetoscope recaption")
+    make.add_argument("--seed", type=int, default=0, help="seed of the alt-text phrasings")
+    user = sub.add_parser("user", help="adherence on user-style prompts")
+    user.add_argument("--model", required=True, help="a train run or model folder")
+    user.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    user.add_argument("--scenes", type=int, default=40, help="standard-suite scenes")
+    user.add_argument("--steps", type=int, default=30, help="sampler steps")
+    side = sub.add_parser("report", help="the arms side by side")
+    side.add_argument("--arm", action="append", required=True,
+                      help="NAME=EVAL_FOLDER,USER_JSON (eval world --out, user --out)")  # fmt: skip
+    side.add_argument("--plot", type=Path, help="PNG to draw")
+    args = parser.parse_args(argv)
+    if args.step == "manifests":
+        manifests(args.world, args.recaptioned, args.seed)
+    elif args.step == "user":
+        user_adherence(args.model, args.scenes, args.steps, args.out)
+    else:
+        report(args.arm, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
