@@ -19,7 +19,7 @@ from kinetoscope.patches import pack
 from kinetoscope.text import load_text_encoder
 from kinetoscope.train.batch import make_batch
 from kinetoscope.train.distributed import load_sharded
-from kinetoscope.train.dit import load_dit, plot_loss, sample_previews, train_dit
+from kinetoscope.train.dit import DiTTrainConfig, load_dit, plot_loss, sample_previews, train_dit
 from kinetoscope.train.latents import LatentCache
 from kinetoscope.vae import VAE_PRESETS, VideoVAE, load_vae
 
@@ -113,6 +113,15 @@ def test_make_batch_gives_frames_drops_captions_and_is_deterministic():
     assert not torch.equal(batch(1, caption_dropout=0.0, given_prob=0.0).x_t, plain.x_t)
     expected = pack(latents, 40, (1, 2, 2), num_sequences=2)
     assert torch.equal(plain.packed.tokens, expected.tokens)
+    # given_masks narrows the masks drawn: with "first" only, every video gives frame 0 alone.
+    for seed in range(4):
+        first = batch(seed, caption_dropout=0.0, given_prob=1.0, given_masks=("first",)).packed
+        for i, grid in enumerate(first.grids):
+            seq, start = first.placement[i]
+            mask = first.given_mask[seq, start : start + first.lengths[i]].reshape(grid)
+            assert mask[0].all() == (grid[0] > 1) and not mask[1:].any()
+    with pytest.raises(ValueError, match="given_masks must name some of first, prefix"):
+        DiTTrainConfig(given_masks=("first", "sideways"))
 
 
 def test_resume_after_n_steps_equals_an_uninterrupted_run(tiny_world, tmp_path):

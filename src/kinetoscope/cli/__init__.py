@@ -22,7 +22,7 @@ from pathlib import Path
 
 from kinetoscope.cli.evaluate import add_eval_command
 from kinetoscope.cli.generate import add_generate_command
-from kinetoscope.cli.options import _count, _DefaultsHelp, _positive_int
+from kinetoscope.cli.options import _count, _DefaultsHelp, _names, _positive_int
 
 
 def _world(args: argparse.Namespace) -> int:
@@ -197,7 +197,11 @@ class _ConfigDefault:
         return value
 
     def __str__(self) -> str:
-        return str(self.value())
+        value = self.value()
+        # A tuple shows as it is typed: "first,prefix" (tuples of numbers as they are).
+        if isinstance(value, tuple) and all(isinstance(v, str) for v in value):
+            return ",".join(value)
+        return str(value)
 
 
 VAE_CONFIG = "kinetoscope.train.vae:VAETrainConfig"
@@ -389,6 +393,9 @@ def _add_train(sub) -> None:
     option("caption_dropout", "empty-prompt rate (for classifier-free guidance)", type=float)
     option("given_prob", "rate of videos trained with clean given frames, a prefix or a suffix "
            "(what image-to-video and extension sample with)", type=float)  # fmt: skip
+    option("given_masks", "comma-separated masks a video with given frames draws from: "
+           "first, prefix, suffix, ends, middle (list one twice to draw it twice as often)",
+           type=_names)  # fmt: skip
     option("ema_decay", "EMA decay of the sampling weights", type=float)
     option("twin_batches", "keep mirror twins (world --mix world-model) in one batch with the "
            "same timestep and noise, so the loss difference falls on the direction words",

@@ -21,6 +21,14 @@ def _count(text: str) -> int:
     return value
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """argparse type: a comma-separated list of names (the config checks them)."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
 class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except None, "" and False (their help says what happens without the option)."""
 

@@ -69,6 +69,7 @@ def make_batch(
     given_prob: float,
     timestep_mean: float = 0.0,
     twin_of: list[int] | None = None,
+    given_masks: tuple[str, ...] = GIVEN_MASKS,
 ) -> TrainBatch:
     """Pack latents (c, t, h, w) with their captions into a training batch, drawing from
     `generator` in a fixed order (dropout, given frames, timesteps, noise).
@@ -80,8 +81,8 @@ def make_batch(
     source = torch.tensor([i if j < 0 else j for i, j in enumerate(twin_of)])  # (n,)
     dropped = (torch.rand(n, generator=generator) < caption_dropout)[source]
     captions = ["" if drop else caption for drop, caption in zip(dropped, captions, strict=True)]
-    # Given frames, one mask of `GIVEN_MASKS` each (every mode generation offers); a sample
-    # always keeps some tokens to learn.
+    # Given frames, one mask of `given_masks` each (by default every mode generation offers);
+    # a sample always keeps some tokens to learn.
     wants, kinds, fractions = torch.rand(3, n, generator=generator)[:, source]  # (n,) each
     given_frames: list[list[int] | None] = []
     for i, latent in enumerate(latents):
@@ -89,7 +90,7 @@ def make_batch(
         if patches < 2 or not bool(wants[i] < given_prob):
             given_frames.append(None)
             continue
-        kind = GIVEN_MASKS[int(kinds[i] * len(GIVEN_MASKS))]
+        kind = given_masks[int(kinds[i] * len(given_masks))]
         given = given_patches(kind, patches, float(fractions[i]))
         given_frames.append([p * patch[0] + f for p in given for f in range(patch[0])])
     packed = pack(latents, token_budget, patch, given_frames, num_sequences=sequences)

@@ -85,7 +85,7 @@ from kinetoscope.patches import TokenBudgetBatchSampler, item_tokens
 from kinetoscope.pipeline import Pipeline
 from kinetoscope.text import EmbeddingCache, load_text_encoder
 from kinetoscope.text.base import TextEncoder
-from kinetoscope.train.batch import TrainBatch, make_batch
+from kinetoscope.train.batch import GIVEN_MASKS, TrainBatch, make_batch
 from kinetoscope.train.distributed import (
     check_global_batch,
     consolidated,
@@ -129,6 +129,11 @@ class DiTTrainConfig:
     precision: str = "auto"  # bf16 autocast where bf16 is fast (GPUs, AVX512-BF16/AMX CPUs)
     caption_dropout: float = 0.1  # empty-prompt rate for classifier-free guidance (Ho 2022)
     given_prob: float = 0.1  # rate of videos with clean given frames (image-to-video, extend)
+    # The masks such a video draws from, uniformly (batch.GIVEN_MASKS; a kind listed twice
+    # is drawn twice as often). Only with the first frame given does the start of each
+    # object's path show while the rest is noise, so that the direction words alone tell
+    # where it goes.
+    given_masks: tuple[str, ...] = GIVEN_MASKS
     # Location of the logit-normal timestep density (SD3 uses 0). Where each object is and
     # which way it goes is settled at high noise: the text-sensitivity probe's direction gap
     # shows at t = 0.7-0.9, so the world model trains with more weight there.
@@ -167,6 +172,12 @@ class DiTTrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         self.preview_prompts = tuple(self.preview_prompts)
+        self.given_masks = tuple(self.given_masks)
+        unknown = set(self.given_masks) - set(GIVEN_MASKS)
+        if unknown or not self.given_masks:
+            raise ValueError(
+                f"given_masks must name some of {', '.join(GIVEN_MASKS)}; got {self.given_masks}"
+            )
         self.init = None if self.init is None else str(self.init)  # a folder may come as a Path
         if self.preset not in DIT_PRESETS:
             raise ValueError(
@@ -197,6 +208,7 @@ class DiTTrainConfig:
 RESUME_FIELDS = (
     "preset", "seed", "token_budget", "sequences_per_batch", "max_area",
     "max_frames", "fps", "caption_dropout", "given_prob", "text_encoder", "timestep_mean", "twin_batches",
+    "given_masks",
 )  # fmt: skip
 
 
@@ -515,6 +527,7 @@ class Batches:
             torch.Generator().manual_seed(draw_seed(config.seed, epoch, number)),
             token_budget=self.budget, sequences=config.sequences_per_batch, patch=self.patch,
             caption_dropout=config.caption_dropout, given_prob=config.given_prob,
+            given_masks=config.given_masks,
             timestep_mean=config.timestep_mean, twin_of=twin_of,
         )  # fmt: skip
 

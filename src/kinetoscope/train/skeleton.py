@@ -296,8 +296,9 @@ class Run:
             return
         cls = type(self.config)
         self.saved = read_run_state(self.checkpoint / STATE / "state.json", cls)
-        saved = {**asdict(cls()), **self.saved.get("config", {})}  # older runs lack new fields
-        given = asdict(self.config)
+        # Older runs lack new fields; both sides as JSON has them (tuples come back as lists).
+        saved = json.loads(json.dumps({**asdict(cls()), **self.saved.get("config", {})}))
+        given = json.loads(json.dumps(asdict(self.config)))
         changed = [k for k in resume_fields if saved[k] != given[k]]
         if changed:
             raise ValueError(
