@@ -43,7 +43,7 @@ def manifests(world: Path, recaptioned: Path | None, seed: int) -> None:
     for i, (record, truth) in enumerate(zip(records, truths, strict=True)):
         rng = np.random.default_rng([seed, i])
         record.captions = {"alt": alt_text(truth["objects"], truth["canvas"]["background"], rng)}
-    print("wrote", write_manifest(world.parent / "alt.jsonl", records))
+    _write(world.parent / "alt.jsonl", records)
     if recaptioned is None:
         return
     described = read_manifest(recaptioned)
@@ -53,7 +53,15 @@ def manifests(world: Path, recaptioned: Path | None, seed: int) -> None:
         record.captions = {"generated": record.captions["generated"]}
     accuracy = caption_accuracy([r.captions["generated"] for r in described], truths)
     print("generated captions:", {k: round(v, 3) for k, v in accuracy.items()})
-    print("wrote", write_manifest(world.parent / "descriptive.jsonl", described))
+    _write(world.parent / "descriptive.jsonl", described)
+
+
+def _write(path: Path, records: list) -> None:
+    """Write a manifest, keeping one already there (an arm may be training on it)."""
+    if path.exists():
+        print("kept", path, "(delete it to write it again)")
+    else:
+        print("wrote", write_manifest(path, records))
 
 
 def user_adherence(model: str, scenes: int, steps: int, out: Path) -> None:
