@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from kinetoscope.captioner.model import BUNDLED_CAPTIONER
 from kinetoscope.cli import main
 from kinetoscope.evaluate.world import analyze, suite
 from kinetoscope.io import probe, read_video, to_float
@@ -14,7 +15,7 @@ from kinetoscope.text.expand import BUNDLED_EXPANDER
 from kinetoscope.vae import BUNDLED, load_vae
 from kinetoscope.vae.losses import psnr
 
-BUNDLED_FILES = [BUNDLED["world"], default_model_dir(), BUNDLED_EXPANDER]
+BUNDLED_FILES = [BUNDLED["world"], default_model_dir(), BUNDLED_EXPANDER, BUNDLED_CAPTIONER]
 
 pytestmark = pytest.mark.usefixtures("two_threads")
 
@@ -85,3 +86,15 @@ def test_bundled_model_follows_the_background_and_often_the_object_color():
         colors += analysis.background == background and color in {o.color for o in analysis.objects}
     assert backgrounds >= 7, f"only {backgrounds} of {len(asks)} backgrounds came out right"
     assert colors >= 6, f"only {colors} of {len(asks)} object colours came out right"
+
+
+def test_the_bundled_captioner_names_what_a_world_clip_shows(tmp_path, capsys):
+    from kinetoscope.data.world import ObjectSpec, SceneSpec, clip_from_scene
+    from kinetoscope.io import write_video
+
+    scene = SceneSpec(64, 64, 17, 8, "navy",
+                      (ObjectSpec("yellow", "circle", "large", "still", 0.5, 0.5, 0.0),))  # fmt: skip
+    video = write_video(tmp_path / "clip.mkv", clip_from_scene(scene).frames, fps=8.0, crf=0)
+    assert main(["caption", str(video)]) == 0  # no --model: the bundled captioner
+    caption = capsys.readouterr().out.lower()
+    assert "yellow circle" in caption and "navy" in caption, caption
