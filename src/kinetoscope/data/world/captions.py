@@ -226,9 +226,7 @@ def in_reading_order(caption: str, objects: list[dict]) -> str:
         found = [k for k, sentence in enumerate(sentences) if sentence.startswith(subject)]
         if len(found) != 1:
             return caption
-        slots[found[0]] = index
-    if len(slots) != len(objects):
-        return caption
+        slots[found[0]] = index  # one sentence each: no two objects share colour and shape
 
     def place(index: int) -> tuple:
         x, y = objects[index]["start"]
