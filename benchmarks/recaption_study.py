@@ -97,23 +97,35 @@ def report(arms: list[str], plot: Path | None) -> None:
     print(markdown_table(["score", *columns], [[k, *(c[k] for c in columns.values())]
                                                 for k in keys]))  # fmt: skip
     if plot is not None:
-        import matplotlib
+        draw_bars(columns, keys, plot)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(9, 3.5))
-        width = 0.8 / len(columns)
-        for k, (name, values) in enumerate(columns.items()):
-            ax.bar(np.arange(len(keys)) + k * width, [values[key] for key in keys], width,
-                   label=name)  # fmt: skip
-        ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, keys, rotation=30, ha="right")
-        ax.set_ylim(0, 1)
-        ax.set_title("World benchmark: alt-text against the captioner's captions")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(plot, dpi=120)
-        print("wrote", plot)
+def draw_bars(columns: dict[str, dict], keys: list[str], path: Path) -> None:
+    """One group of bars per score, one bar per arm, on a 0-1 scale (Pillow, as the run
+    plots are drawn)."""
+    from PIL import Image, ImageDraw
+
+    colors = [(120, 120, 120), (30, 90, 200), (200, 40, 40), (40, 160, 60)]
+    width, height, left, bottom = 90 * len(keys) + 80, 360, 50, 300
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((left, 6), "World benchmark: alt-text against the captioner's captions", fill="black")
+    for tick in (0.0, 0.5, 1.0):
+        y = bottom - tick * 260
+        draw.line([left, y, width - 10, y], fill=(220, 220, 220))
+        draw.text((10, y - 6), f"{tick:.1f}", fill="black")
+    bar = 70 // len(columns)
+    for k, key in enumerate(keys):
+        x = left + 10 + 90 * k
+        for a, values in enumerate(columns.values()):
+            top = bottom - values[key] * 260
+            draw.rectangle([x + a * bar, top, x + (a + 1) * bar - 2, bottom], fill=colors[a % 4])
+        draw.text((x, bottom + 6 + 12 * (k % 2)), key[:14], fill="black")
+    for a, name in enumerate(columns):
+        draw.rectangle([width - 150, 24 + 14 * a, width - 140, 34 + 14 * a], fill=colors[a % 4])
+        draw.text((width - 134, 22 + 14 * a), name, fill="black")
+    image.save(path)
+    print("wrote", path)
 
 
 def main(argv: list[str] | None = None) -> int:
