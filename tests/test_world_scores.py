@@ -211,6 +211,29 @@ def test_matching_ignores_the_order_of_objects(world):
             assert analysis.objects[j].color == spec.objects[i].color
 
 
+def test_an_extra_object_moving_as_asked_does_not_earn_the_motion():
+    # Asked: a red circle moving right. Drawn: the red circle moving left, and an extra red
+    # square moving right from where the asked circle would start. Matching on motion or on
+    # that unstated start would score the square's motion; the circle is the asked object.
+    asked = SceneSpec(
+        96, 64, 17, 8, "navy", (ObjectSpec("red", "circle", "small", "right", 0.3, 0.3, 0.6),)
+    )
+    drawn = dataclasses.replace(
+        asked,
+        objects=(
+            ObjectSpec("red", "circle", "small", "left", 0.7, 0.7, 0.6),
+            ObjectSpec("red", "square", "small", "right", 0.3, 0.3, 0.6),
+        ),
+    )
+    frames, _ = render(drawn, simulate(drawn))
+    analysis = analyze(frames)
+    assert sorted(o.shape for o in analysis.objects) == ["circle", "square"]
+    [(_, j)] = match_objects(analysis, asked)
+    assert analysis.objects[j].shape == "circle"
+    scores = score(analysis, asked, reference_analysis(asked))
+    assert scores["motion_direction"] == 0.0 and scores["count"] == 0.5
+
+
 def test_suites_cover_the_world_and_keep_held_out_combinations_apart():
     standard, heldout = suite("standard"), suite("heldout")
     held = set(DEFAULT_HELDOUT)

@@ -79,27 +79,24 @@ def motion_kind(motion: str | None) -> str | None:
 def match_objects(analysis: SceneAnalysis, spec: SceneSpec) -> list[tuple[int, int]]:
     """Pairs (spec index, found index) of an optimal assignment (Hungarian algorithm).
 
-    The cost of a pair is the number of attributes that differ (color, shape, size and,
-    for videos, motion) plus, to break ties, the distance between the spec's start centre
-    and where the found object is first seen, as a fraction of the canvas diagonal.
+    The cost of a pair is the number of appearance attributes that differ (color, shape,
+    size) plus, to break ties, the share of frames the found object is missing from. Neither
+    motion nor position enters: a prompt does not state where objects start, and matching
+    on motion would let a video with extra objects score the motion of whichever one
+    happens to move as asked.
     """
     found = analysis.objects
     if not spec.objects or not found:
         return []
-    diagonal = math.hypot(analysis.width, analysis.height)
     cost = np.zeros((len(spec.objects), len(found)))
     for i, want in enumerate(spec.objects):
-        start = (want.x * analysis.width, want.y * analysis.height)
         for j, got in enumerate(found):
             cost[i, j] = (
                 (want.color != got.color)
                 + (want.shape != got.shape)
                 + (want.size != got.size)
-                + (spec.frames > 1 and want.motion != got.motion.motion)
+                + 0.5 * (1.0 - float(np.mean(got.present)))
             )
-            first = int(np.argmax(got.present))
-            if np.isfinite(got.centres[first]).all():
-                cost[i, j] += 0.5 * math.dist(start, got.centres[first]) / diagonal
     rows, cols = optimize.linear_sum_assignment(cost)
     return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
 
