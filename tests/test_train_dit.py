@@ -364,3 +364,49 @@ def test_given_masks_cover_every_mode_and_leave_frames_to_learn():
     assert 0 in ends and 8 in ends and len(ends) < 9
     middle = given_patches("middle", 9, 0.5)
     assert 0 not in middle and 8 not in middle
+
+
+def test_twin_contrast_reads_the_twins_caption_and_trains(tiny_world, tmp_path):
+    from kinetoscope.data.world import WORLD_MIXES, write_world
+    from kinetoscope.diffusion import contrast_loss, flow_loss, per_sample_loss
+    from kinetoscope.train.dit import _forward_inputs
+
+    text = load_text_encoder("tiny")
+    original, other = torch.randn(4, 3, 4, 4), torch.randn(4, 2, 2, 2)
+    draw = {"token_budget": 200, "sequences": 1, "patch": (1, 2, 2), "caption_dropout": 0.0,
+            "given_prob": 0.0, "twin_of": [-1, -1, 0]}  # fmt: skip
+    captions = ["a right", "b", "a left"]
+    batch = make_batch([original, other, original.flip(-1)], captions, text,
+                       torch.Generator().manual_seed(0), **draw)  # fmt: skip
+    assert batch.contrast_rows().tolist() == [2, 1, 0]  # the twins swap, the single keeps its own
+    same = make_batch([original, other, original.flip(-1)], ["a up", "b", "a up"], text,
+                      torch.Generator().manual_seed(0), **draw)  # fmt: skip
+    assert same.contrast_rows() is None  # nothing to contrast where the twins read alike
+    # The doubled pass: sample i reads row rows[i], so the single's prediction is unchanged.
+    torch.manual_seed(0)
+    model = DiT(replace(DIT_PRESETS["tiny"], latent_channels=4, text_dim=text.dim))
+    for parameter in model.parameters():  # adaLN-Zero and zeroed projections read no text
+        torch.nn.init.normal_(parameter, std=0.05)
+    prediction = model(*_forward_inputs(batch, batch.contrast_rows()))  # (2N, L, Din)
+    own, swapped = prediction.chunk(2)
+    mask, index = batch.packed.loss_mask, batch.packed.sample_index
+    torch.testing.assert_close(own[index == 1], swapped[index == 1])
+    assert not torch.allclose(own[index == 0], swapped[index == 0])
+    # Per-sample losses average to the batch loss with each sample weighted by its tokens.
+    losses = per_sample_loss(own, batch.target, mask, index, 3)
+    counts = torch.tensor(batch.packed.lengths, dtype=torch.float32)
+    torch.testing.assert_close((losses * counts).sum() / counts.sum(),
+                               flow_loss(own, batch.target, mask))  # fmt: skip
+    assert float(contrast_loss(torch.tensor([1.0]), torch.tensor([1.2]), 0.1)) == 0.0
+    assert float(contrast_loss(torch.tensor([1.0]), torch.tensor([1.0]), 0.1)) > 0.0
+    # A run with it trains; it needs twin batches.
+    _, vae = tiny_world
+    world = write_world(tmp_path / "world", clips=8, seed=2, config=WORLD_MIXES["world-model"],
+                        workers=1, progress=False).manifest  # fmt: skip
+    summary = train_dit(world, tmp_path / "run", vae=vae, steps=3, progress=False,
+                        twin_batches=True, twin_contrast=1.0, token_budget=512, **FAST)  # fmt: skip
+    assert summary["steps"] == 3 and math.isfinite(summary["final_loss"])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert any(row.get("contrast", 0) > 0 for row in rows)  # the hinge was live
+    with pytest.raises(ValueError, match="twin_batches"):
+        DiTTrainConfig(twin_contrast=1.0)
