@@ -400,11 +400,6 @@ def _add_train(sub) -> None:
     option("twin_batches", "keep mirror twins (world --mix world-model) in one batch with the "
            "same timestep and noise, so the loss difference falls on the direction words",
            action="store_true", shown=False)  # fmt: skip
-    option("twin_contrast", "weight of the twin contrast (with --twin-batches): each video is "
-           "also run with its mirror twin's caption, and its loss there must exceed its own "
-           "by --twin-margin of it (0: off)", type=float)  # fmt: skip
-    option("twin_margin", "the twin contrast's margin, a fraction of the video's own loss",
-           type=float)  # fmt: skip
     option("probe_every", "steps between text-sensitivity probes (loss gap per caption "
            "attribute, logged to metrics.jsonl and drawn beside the loss; 0: none)", type=_count)  # fmt: skip
     option("gradient_checkpointing", "recompute each block in backward: less activation "

@@ -17,12 +17,10 @@ Generation:
 """
 
 from kinetoscope.diffusion.flow import (
-    contrast_loss,
     denoised,
     expand_time,
     flow_loss,
     interpolate,
-    per_sample_loss,
     token_timesteps,
     velocity_target,
 )
@@ -51,7 +49,6 @@ __all__ = [
     "SamplerStep",
     "Velocity",
     "combine",
-    "contrast_loss",
     "denoised",
     "expand_time",
     "flow_loss",
@@ -60,7 +57,6 @@ __all__ = [
     "interpolate",
     "logit_normal",
     "logit_normal_pdf",
-    "per_sample_loss",
     "sample",
     "sample_euler",
     "sample_heun",

@@ -78,24 +78,3 @@ def flow_loss(
     per_token = (prediction.float() - target.float()).square().mean(dim=-1)  # (N, L)
     # Clamping the denominator (no host sync) makes "no token kept" a zero with a graph.
     return (per_token * w).sum() / w.sum().clamp(min=torch.finfo(torch.float32).tiny)
-
-
-def per_sample_loss(
-    prediction: Tensor, target: Tensor, loss_mask: Tensor, sample_index: Tensor, samples: int
-) -> Tensor:
-    """(samples,) mean squared error of each sample over its `loss_mask` tokens (0 where it
-    has none); prediction, target (N, L, D), loss_mask and sample_index (N, L)."""
-    per_token = (prediction.float() - target.float()).square().mean(dim=-1)  # (N, L)
-    index = sample_index.clamp(min=0)[loss_mask]  # (K,)
-    sums = per_token.new_zeros(samples).index_add(0, index, per_token[loss_mask])
-    counts = per_token.new_zeros(samples).index_add(
-        0, index, torch.ones_like(index, dtype=sums.dtype)
-    )
-    return sums / counts.clamp(min=1.0)
-
-
-def contrast_loss(own: Tensor, other: Tensor, margin: float) -> Tensor:
-    """Hinge asking each sample's loss under another caption (`other`, (B,)) to exceed its loss
-    under its own (`own`) by `margin` of the own loss: the mean of
-    max(0, margin * own - (other - own)), the margin's scale held fixed (detached)."""
-    return torch.relu(margin * own.detach() - (other - own)).mean()

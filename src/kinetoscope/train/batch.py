@@ -30,17 +30,6 @@ class TrainBatch:
     text: Tensor  # (B, S, Dtxt) one caption per sample
     text_mask: Tensor  # (B, S) bool
     captions: list[str]  # after dropout ("" where dropped)
-    partner: list[int]  # per sample: its mirror twin's index in the batch, or -1
-
-    def contrast_rows(self) -> Tensor | None:
-        """(B,) long: the text row each sample reads in a twin-contrast pass, its twin's
-        where their captions differ (a left-right swap), else its own; None if no sample has
-        such a twin."""
-        rows = [
-            j if j >= 0 and self.captions[j] != self.captions[i] else i
-            for i, j in enumerate(self.partner)
-        ]
-        return torch.tensor(rows) if rows != list(range(len(rows))) else None
 
 
 # Which temporal patches of a video are given when some are (Open-Sora-Plan's curriculum of
@@ -115,12 +104,8 @@ def make_batch(
             noise[si, ti : ti + length] = noise[sj, tj : tj + length]
     x_t = interpolate(packed.tokens, noise, t_tok)
     emb, mask = text.encode(captions)  # (B, S, Dtxt), (B, S)
-    partner = list(twin_of)
-    for i, j in enumerate(twin_of):
-        if j >= 0:
-            partner[j] = i
     return TrainBatch(
-        packed, x_t, t_tok, velocity_target(packed.tokens, noise), emb, mask, captions, partner
+        packed, x_t, t_tok, velocity_target(packed.tokens, noise), emb, mask, captions
     )
 
 

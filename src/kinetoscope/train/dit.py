@@ -73,16 +73,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from kinetoscope.checkpoint import load_config, load_weights, resolve_model_folder, save_model
 from kinetoscope.data.dataset import ClipDataset
-from kinetoscope.diffusion import contrast_loss, flow_loss, per_sample_loss
+from kinetoscope.diffusion import flow_loss
 from kinetoscope.dit import DIT_PRESETS, DiT, DiTConfig
 from kinetoscope.evaluate.sensitivity import ATTRIBUTES, build_probe, text_sensitivity
 from kinetoscope.io import write_video
 from kinetoscope.nn import resolve_precision
-from kinetoscope.patches import PackedBatch, TokenBudgetBatchSampler, item_tokens
+from kinetoscope.patches import TokenBudgetBatchSampler, item_tokens
 from kinetoscope.pipeline import Pipeline
 from kinetoscope.text import EmbeddingCache, load_text_encoder
 from kinetoscope.text.base import TextEncoder
@@ -144,12 +143,6 @@ class DiTTrainConfig:
     # words tell their targets apart: common random numbers put the loss difference on those
     # words. Needs sequences_per_batch = 1 (a pair is packed whole into the one sequence).
     twin_batches: bool = False
-    # Twin contrast (with twin_batches): the batch runs a second time with each video reading
-    # its mirror twin's caption (left and right swapped), and a hinge asks its loss there to
-    # exceed its own loss by `twin_margin` of it. The flow loss alone rewards direction words
-    # only by the little they predict; this asks the model to use them. 0 turns it off.
-    twin_contrast: float = 0.0
-    twin_margin: float = 0.05
     max_area: int = 256 * 256  # pixel area cap of a clip (larger ones are downscaled)
     max_frames: int = 17  # frames per clip (1 + 4k): 5 latent frames with the 4x VAE
     fps: float | None = None  # resample clips to this rate; None keeps each clip's
@@ -204,10 +197,6 @@ class DiTTrainConfig:
             raise ValueError(f"preview_every must be 0 (off) or more, got {self.preview_every}")
         if self.twin_batches and self.sequences_per_batch != 1:
             raise ValueError("twin_batches packs each pair into one sequence: set sequences to 1")
-        if self.twin_contrast < 0 or self.twin_margin < 0:
-            raise ValueError("twin_contrast and twin_margin must be 0 or more")
-        if self.twin_contrast and not self.twin_batches:
-            raise ValueError("twin_contrast compares mirror twins: turn on twin_batches")
         if self.probe_every < 0 or self.probe_clips < 1:
             raise ValueError("probe_every must be 0 (off) or more, probe_clips at least 1")
         if self.token_budget is not None and self.token_budget < 1:
@@ -354,33 +343,29 @@ def _train(run: Run, data: Path, vae_folder: Path, cache: Path, stop_at: int | N
             return run.stopped()
         run.begin_step()
         last_epoch, micro = batches.next_step()  # taken even if skipped
-        loss_sum, contrast_sum, tokens, padding, finite = 0.0, 0.0, 0, 0.0, True
+        loss_sum, tokens, padding, finite = 0.0, 0, 0.0, True
         for m, (epoch, number, indices) in enumerate(micro):
             batch = batches.make(epoch, number, indices, latents, text)
             packed = batch.packed.to(device)
-            rows = batch.contrast_rows() if config.twin_contrast else None
-            inputs = _forward_inputs(batch, rows)
             # Gradients are reduced over ranks once per step, on the last batch.
             with gradient_sync(net, enabled=m == len(micro) - 1):
                 with autocast:
-                    prediction = net(*(x.to(device) for x in inputs))  # (N or 2N, L, Din)
+                    prediction = net(
+                        batch.x_t.to(device),
+                        packed.coords,
+                        batch.t.to(device),
+                        batch.text.to(device),
+                        batch.text_mask.to(device),
+                        packed.sample_index,
+                    )  # (N, L, Din)
                 # The loss is reduced in fp32 (flow_loss) whatever the autocast dtype.
-                own = prediction[: packed.tokens.shape[0]]  # (N, L, Din)
-                target = batch.target.to(device)
-                flow = flow_loss(own, target, packed.loss_mask)
-                contrast = flow.new_zeros(())
-                if rows is not None:
-                    contrast = _twin_contrast(
-                        prediction, target, packed, rows.to(device), config.twin_margin
-                    )
-                loss = flow + config.twin_contrast * contrast
+                loss = flow_loss(prediction, batch.target.to(device), packed.loss_mask)
                 # Every rank must take the same branch, or DDP's all-reduce would hang.
                 if not bool(ddp.all_reduce(torch.isfinite(loss.detach()).float(), "min")):
                     finite = False
                     break
                 (loss / config.accumulate).backward()
-            loss_sum += flow.item()  # the logged loss stays the flow loss alone
-            contrast_sum += contrast.item() / config.accumulate
+            loss_sum += loss.item()
             tokens += sum(batch.packed.lengths)
             padding += batch.packed.padding_fraction / config.accumulate
         if run.update(finite):
@@ -398,8 +383,6 @@ def _train(run: Run, data: Path, vae_folder: Path, cache: Path, stop_at: int | N
         paddings.append(padding)
         row = run.end_step(loss_value, {"epoch": last_epoch, "tokens": global_tokens})
         row.update(tokens_per_s=global_tokens / run.seconds, padding=padding)
-        if config.twin_contrast:
-            row["contrast"] = contrast_sum  # this rank's hinge (0 where nothing to contrast)
         probe_due, preview_due = run.due(config.probe_every), run.due(config.preview_every)
         if probe_due or preview_due:  # the whole EMA on rank 0 (FSDP gathers it from all)
             sampling = consolidated(ema, run.whole, ddp)
@@ -547,36 +530,6 @@ class Batches:
             given_masks=config.given_masks,
             timestep_mean=config.timestep_mean, twin_of=twin_of,
         )  # fmt: skip
-
-
-def _forward_inputs(batch: TrainBatch, rows: Tensor | None) -> tuple[Tensor, ...]:
-    """The DiT's inputs for a batch; with contrast `rows`, the sequences twice, the second
-    time with sample i reading text row B + i, a copy of row `rows[i]`."""
-    packed = batch.packed
-    x, coords, t = batch.x_t, packed.coords, batch.t  # (N, L, Din), (N, L, 4), (N, L)
-    text, mask = batch.text, batch.text_mask  # (B, S, Dtxt), (B, S)
-    if rows is not None:
-        samples = text.shape[0]
-        index = packed.sample_index
-        second = coords.clone()
-        second[..., 0] = torch.where(index >= 0, index + samples, index)
-        x, coords, t = torch.cat([x, x]), torch.cat([coords, second]), torch.cat([t, t])
-        text, mask = torch.cat([text, text[rows]]), torch.cat([mask, mask[rows]])
-    return x, coords, t, text, mask, coords[..., 0]
-
-
-def _twin_contrast(
-    prediction: Tensor, target: Tensor, packed: PackedBatch, rows: Tensor, margin: float
-) -> Tensor:
-    """The contrast hinge over the samples that read another caption in the second half of
-    `prediction` (2N, L, Din)."""
-    n, samples = target.shape[0], rows.shape[0]
-    losses = [
-        per_sample_loss(half, target, packed.loss_mask, packed.sample_index, samples)
-        for half in (prediction[:n], prediction[n:])
-    ]  # (B,) each
-    swapped = rows != torch.arange(samples, device=rows.device)
-    return contrast_loss(losses[0][swapped], losses[1][swapped], margin)
 
 
 def _meta(run: Run, data: Path, vae_folder: Path, text_name: str) -> dict:
