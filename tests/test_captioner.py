@@ -167,6 +167,26 @@ def test_resume_after_n_steps_equals_an_uninterrupted_run(tiny_world, tmp_path):
     assert resumed["accuracy"] == whole["accuracy"]
 
 
+def test_init_fine_tunes_a_trained_captioner_and_refuses_one_that_lacks_the_words(
+    trained, tiny_world, tmp_path
+):
+    manifest, vae = tiny_world
+    run = {"vae": vae, "steps": 2, "batch": 3, "holdout": 1, "warmup": 1, "precision": "fp32",
+           "progress": False}  # fmt: skip
+    before = Captioner.load(trained)
+    report = train_captioner(manifest, tmp_path / "tuned", init=trained, lr=1e-3, **run)
+    after = Captioner.load(tmp_path / "tuned")
+    assert after.config == before.config  # its sizes and vocabulary, not the defaults
+    start, end = before.state_dict(), after.state_dict()
+    assert any(not torch.equal(start[k], end[k]) for k in start)  # it trained
+    assert report["steps"] == 2
+    # A captioner trained on other words cannot learn these captions: a clear error.
+    narrow = Captioner(CaptionerConfig(vocab=WordTokenizer.fit(["a red circle"]).vocab, width=32))
+    narrow.save(tmp_path / "narrow")
+    with pytest.raises(ValueError, match="does not know the words"):
+        train_captioner(manifest, tmp_path / "refused", init=tmp_path / "narrow", **run)
+
+
 @pytest.mark.parametrize("patch", [(1, 2, 2), (1, 1, 1)])
 def test_the_captioner_reads_clips_of_any_size(patch):
     torch.manual_seed(0)

@@ -43,15 +43,19 @@ class WordTokenizer:
         self.vocab = vocab
         self.index = {word: i for i, word in enumerate(vocab)}
 
+    @staticmethod
+    def words(caption: str) -> list[str]:
+        """The caption's words and punctuation marks, lower-cased, as the vocabulary holds them."""
+        return _TOKEN.findall(caption.lower())
+
     @classmethod
     def fit(cls, captions: list[str]) -> WordTokenizer:
-        words = sorted({w for caption in captions for w in _TOKEN.findall(caption.lower())})
-        return cls((PAD, BOS, EOS, UNK, *words))
+        return cls((PAD, BOS, EOS, UNK, *sorted({w for c in captions for w in cls.words(c)})))
 
     def encode(self, caption: str) -> list[int]:
         """<bos> word ids <eos>."""
         unknown = self.index[UNK]
-        ids = [self.index.get(w, unknown) for w in _TOKEN.findall(caption.lower())]
+        ids = [self.index.get(w, unknown) for w in self.words(caption)]
         return [self.index[BOS], *ids, self.index[EOS]]
 
     def decode(self, ids: list[int]) -> str:

@@ -431,6 +431,9 @@ def _add_train_captioner(sub) -> None:
     option("layers", "layers each side", type=_positive_int)
     option("patch", "spatial patch side in latent pixels (1: 8-px tokens)", type=_positive_int)
     option("holdout", "clips at the manifest's end held out for the report", type=_count)
+    option("init", "captioner (model or run folder) whose weights and vocabulary start the "
+           "run (fine-tune it; new optimizer; --width, --layers and --patch are its own)",
+           shown=False)  # fmt: skip
     parser.set_defaults(run=_train_captioner)
 
 

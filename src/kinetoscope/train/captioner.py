@@ -90,6 +90,9 @@ class CaptionerTrainConfig:
     # trains the bare model either way.
     parallel: str = "ddp"
     seed: int = 0  # init, the clips of each step
+    # A captioner (model or run folder) whose weights and vocabulary start the run: fine-tune
+    # it, with a new optimizer; width, layers and patch are then its own.
+    init: str | None = None
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
     threads: int | None = None  # CPU threads (torch.set_num_threads); None: torch's default
     device: str | None = None  # "cpu", "cuda", "cuda:1"; None: this rank's GPU if any
@@ -97,6 +100,7 @@ class CaptionerTrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
+        self.init = None if self.init is None else str(self.init)  # a folder may come as a Path
         check_run_config(self)
         if min(self.batch, self.width, self.layers, self.patch) < 1 or self.holdout < 0:
             raise ValueError("batch, width, layers and patch must be at least 1, holdout >= 0")
@@ -190,10 +194,12 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
     if min(config.batch, len(train_ids)) < ddp.world_size:
         raise ValueError(f"a step of {config.batch} clips cannot feed {ddp.world_size} ranks")
 
-    # 2. The model: the checkpoint's (its vocabulary too), or one over the training captions'
-    #    words (seeded: every rank builds the same).
+    # 2. The model: the checkpoint's (its vocabulary too), the one to fine-tune, or one over
+    #    the training captions' words (seeded: every rank builds the same).
     if run.checkpoint is not None:
         model = Captioner(load_config(run.checkpoint / "model", CaptionerConfig))
+    elif config.init is not None:
+        model = _initial(config.init, [captions[i] for i in train_ids], vae_model)
     else:
         tokenizer = WordTokenizer.fit([captions[i] for i in train_ids])
         torch.manual_seed(config.seed)
@@ -239,6 +245,26 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
     if run.main:
         save_json(run.out / "report.json", report)
     return run.summary(**report)
+
+
+def _initial(folder: str, captions: list[str], vae: torch.nn.Module) -> Captioner:
+    """The captioner in `folder` to fine-tune; ValueError if it cannot write these captions
+    or read this VAE's latents."""
+    model = Captioner.load(Path(folder).expanduser()).train()
+    unknown = sorted(
+        {w for c in captions for w in WordTokenizer.words(c)} - set(model.tokenizer.vocab)
+    )
+    if unknown:
+        raise ValueError(
+            f"--init {folder} does not know the words {', '.join(unknown[:8])} of these "
+            "captions; train a new captioner on them instead"
+        )
+    if model.config.latent_channels != vae.config.latent_channels:
+        raise ValueError(
+            f"--init {folder} reads {model.config.latent_channels}-channel latents, this VAE "
+            f"gives {vae.config.latent_channels}"
+        )
+    return model
 
 
 def evaluate_captioner(model: Captioner, latents: LatentCache, dataset: ClipDataset,
