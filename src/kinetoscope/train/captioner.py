@@ -199,7 +199,7 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
     if run.checkpoint is not None:
         model = Captioner(load_config(run.checkpoint / "model", CaptionerConfig))
     elif config.init is not None:
-        model = _initial(config.init, [captions[i] for i in train_ids], vae_model)
+        model = _captioner_to_fine_tune(config.init, [captions[i] for i in train_ids], vae_model)
     else:
         tokenizer = WordTokenizer.fit([captions[i] for i in train_ids])
         torch.manual_seed(config.seed)
@@ -247,7 +247,7 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
     return run.summary(**report)
 
 
-def _initial(folder: str, captions: list[str], vae: torch.nn.Module) -> Captioner:
+def _captioner_to_fine_tune(folder: str, captions: list[str], vae: torch.nn.Module) -> Captioner:
     """The captioner in `folder` to fine-tune; ValueError if it cannot write these captions
     or read this VAE's latents."""
     model = Captioner.load(Path(folder).expanduser()).train()
