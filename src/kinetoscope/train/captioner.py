@@ -41,7 +41,7 @@ from kinetoscope.nn import resolve_precision
 from kinetoscope.train.distributed import CHECKPOINT
 from kinetoscope.train.latents import LatentCache
 from kinetoscope.train.skeleton import Run, check_run_config, configure, open_run
-from kinetoscope.vae import BUNDLED, load_vae
+from kinetoscope.vae import BUNDLED, VideoVAE, load_vae
 
 # What a captioner run writes besides the skeleton's files; "captioner" is where runs from
 # before the skeleton exported the model (`overwrite` deletes it too).
@@ -247,7 +247,7 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
     return run.summary(**report)
 
 
-def _captioner_to_fine_tune(folder: str, captions: list[str], vae: torch.nn.Module) -> Captioner:
+def _captioner_to_fine_tune(folder: str, captions: list[str], vae: VideoVAE) -> Captioner:
     """The captioner in `folder` to fine-tune; ValueError if it cannot write these captions
     or read this VAE's latents."""
     model = Captioner.load(Path(folder).expanduser()).train()
