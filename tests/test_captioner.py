@@ -14,6 +14,7 @@ from PIL import Image
 
 from kinetoscope.captioner import Captioner, CaptionerConfig, WordTokenizer
 from kinetoscope.captioner.endpoint import EndpointCaptioner
+from kinetoscope.captioner.model import _DistinctObjects
 from kinetoscope.captioner.run import GENERATED, recaption
 from kinetoscope.cli import main
 from kinetoscope.data.manifest import read_manifest
@@ -196,6 +197,25 @@ def test_the_captioner_reads_clips_of_any_size(patch):
     latents = [torch.randn(4, 3, 4, 6), torch.randn(4, 9, 8, 8), torch.randn(4, 1, 2, 2)]
     captions = captioner.caption(latents)
     assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
+
+
+def test_greedy_decoding_never_names_one_object_twice():
+    tokenizer = WordTokenizer.fit(["a red circle and a red square bump into the red circle"])
+    distinct = _DistinctObjects(tokenizer, rows=2)
+    circle = tokenizer.index["circle"]
+
+    def write(words_per_row):
+        tokens = torch.tensor([tokenizer.index[w] for w in words_per_row])
+        distinct.add(tokens)
+
+    for pair in [("a", "a"), ("red", "red"), ("circle", "square"), ("and", "and"), ("a", "the"),
+                 ("red", "red")]:  # fmt: skip
+        write(pair)
+    # Row 0 is naming a new red object: not the red circle again. Row 1 refers back to its red
+    # square ("the red"), and has named no red circle yet: anything goes.
+    logits = distinct.mask(torch.zeros(2, len(tokenizer.vocab)))
+    assert logits[0, circle] == -torch.inf and logits[0, tokenizer.index["square"]] == 0
+    assert torch.isfinite(logits[1]).all()
 
 
 def test_the_trained_captioner_keeps_its_patch(trained):

@@ -7,7 +7,7 @@ An encoder-decoder transformer. The encoder reads the latent video as spacetime 
 the DiT does), each with a fixed sinusoidal embedding of its (t, h, w) position, so clips of
 any size and length are read alike; the decoder writes the caption autoregressively over a
 word-level vocabulary (`WordTokenizer`, built from the training captions) with cross-attention
-to the encoder's states. Greedy decoding.
+to the encoder's states. Greedy decoding, never naming one object twice (`_DistinctObjects`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from kinetoscope.checkpoint import (
     resolve_model_folder,
     save_model,
 )
+from kinetoscope.data.world.palette import COLORS, SHAPES
 from kinetoscope.vae import BUNDLED
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -158,6 +159,46 @@ class _DecodeStep:
         return m.head(m.norm(x))[:, 0]
 
 
+class _DistinctObjects:
+    """A world scene never holds two objects of one colour and shape, and its captions name
+    each object once ("a small red circle ...") before referring back to it ("... the red
+    circle"). A greedy decoder unsure of an object still names a likelier one a second time,
+    which loses the object it missed; this bans, per caption, a shape word that would name an
+    object already named, so the decoder's next choice for that object is taken instead."""
+
+    def __init__(self, tokenizer: WordTokenizer, rows: int) -> None:
+        self.vocab = tokenizer.vocab
+        self.shapes = {w: i for w, i in tokenizer.index.items() if w in SHAPES}
+        self.words: list[list[str]] = [[] for _ in range(rows)]
+        self.named: list[set[tuple[str, str]]] = [set() for _ in range(rows)]
+
+    def _naming(self, row: int) -> str | None:
+        """The colour this caption has just written, if it is naming a new object (not "the
+        red ..."): the same reading as the world's caption parser."""
+        words = self.words[row]
+        if not words or words[-1] not in COLORS:
+            return None
+        before = set(words[-3:-1])
+        return words[-1] if "the" not in before or before & {"a", "an", "one"} else None
+
+    def mask(self, logits: Tensor) -> Tensor:
+        """`logits` (B, V) with already-named objects' shape words banned."""
+        for row in range(len(self.words)):
+            color = self._naming(row)
+            for shape, index in self.shapes.items():
+                if color is not None and (color, shape) in self.named[row]:
+                    logits[row, index] = -torch.inf
+        return logits
+
+    def add(self, tokens: Tensor) -> None:
+        """Record the words (B,) just written."""
+        for row, token in enumerate(tokens.tolist()):
+            word, color = self.vocab[token], self._naming(row)
+            if color is not None and word in self.shapes:
+                self.named[row].add((color, word))
+            self.words[row].append(word)
+
+
 def canvas_features(where: Tensor, pad: Tensor) -> Tensor:
     """Per token (B, M, 4): its row and column as fractions of its clip's grid (cell
     centres) and the grid's rows and columns / 16, from integer positions (B, M, 3) and
@@ -234,14 +275,16 @@ class Captioner(nn.Module):
 
     @torch.inference_mode()
     def caption(self, latents: list[Tensor]) -> list[str]:
-        """Greedy captions of latents (c, t, h, w)."""
+        """Greedy captions of latents (c, t, h, w), each object named once."""
         memory, pad = self.encode(latents)
         bos, eos = self.tokenizer.index[BOS], self.tokenizer.index[EOS]
         step = _DecodeStep(self, memory, pad)
+        distinct = _DistinctObjects(self.tokenizer, len(latents))
         tokens = [torch.full((len(latents),), bos, device=memory.device)]
         done = torch.zeros(len(latents), dtype=torch.bool, device=memory.device)
         for _ in range(self.config.max_tokens - 1):
-            tokens.append(step(tokens[-1]).argmax(-1))  # (B,)
+            tokens.append(distinct.mask(step(tokens[-1])).argmax(-1))  # (B,)
+            distinct.add(tokens[-1])
             done |= tokens[-1] == eos
             if done.all():
                 break
