@@ -64,7 +64,7 @@ def motion_weights(latent: Tensor, patch: tuple[int, int, int], strength: float)
     or after it, whichever is larger. A flat background changes by about 0.01 between latent
     frames and a moving object by 1-2 (normalised latents), so the weight lands on the paths
     of moving things: where the prompt's motion words decide the target."""
-    c, t, h, w = latent.shape
+    _, t, h, w = latent.shape  # (c, t, h, w)
     step = (latent[:, 1:] - latent[:, :-1]).abs().mean(0) if t > 1 else latent.new_zeros(0, h, w)
     pad = latent.new_zeros(1, h, w)
     change = torch.maximum(torch.cat([pad, step]), torch.cat([step, pad]))  # (t, h, w)
