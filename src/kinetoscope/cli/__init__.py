@@ -433,6 +433,9 @@ def _add_train_captioner(sub) -> None:
     option("layers", "layers each side", type=_positive_int)
     option("patch", "spatial patch side in latent pixels (1: 8-px tokens)", type=_positive_int)
     option("holdout", "clips at the manifest's end held out for the report", type=_count)
+    option("max_frames", "frames of each clip to encode (1 + 4k): 49 shares a world-model DiT "
+           "run's latent cache; the captioner reads the first 17, so 17 encodes only those",
+           type=_positive_int)  # fmt: skip
     option("init", "captioner (model or run folder) whose weights and vocabulary start the "
            "run (fine-tune it; new optimizer; --width, --layers and --patch are its own)",
            shown=False)  # fmt: skip
