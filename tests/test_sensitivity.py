@@ -56,6 +56,7 @@ def test_a_caption_blind_model_has_no_gap(probe):
     assert result["loss"] > 0.1
     for name in ATTRIBUTES:
         assert result[f"gap_{name}"] == pytest.approx(0.0, abs=1e-6)
+    assert result["gap_direction_first"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_a_model_that_reads_its_captions_has_a_positive_gap_for_every_attribute(probe):
@@ -76,6 +77,8 @@ def test_a_model_that_reads_its_captions_has_a_positive_gap_for_every_attribute(
     result = text_sensitivity(dit, text, probe)
     gaps = {name: result[f"gap_{name}"] for name in ATTRIBUTES}
     assert all(gap > 0.01 for gap in gaps.values()), gaps
+    # With the first frame given, the direction words still tell the later frames apart.
+    assert result["gap_direction_first"] > 0.01 and result["win_direction_first"] > 0.5
 
 
 def test_cli_eval_sensitivity_prints_every_attribute_and_writes_json(tmp_path, capsys):
@@ -88,6 +91,7 @@ def test_cli_eval_sensitivity_prints_every_attribute_and_writes_json(tmp_path, c
     printed = capsys.readouterr().out
     for name in ATTRIBUTES:
         assert name in printed
+    assert "direction with the first frame given" in printed
     result = json.loads(out.read_text())
     assert result["loss"] > 0 and result["gap_background"] > 0  # the bundled model reads it
     assert main(["eval", "sensitivity", "--clips", "0"]) == 2

@@ -60,6 +60,8 @@ def _eval_sensitivity(args: argparse.Namespace) -> int:
         per_t = "  ".join(f"{result[f'gap_{name}_t{t:g}']:+7.2%}" for t in probe.timesteps)
         gap, win = result[f"gap_{name}"], result[f"win_{name}"]
         print(f"{name:<11} {gap:>+8.2%} {win:>9.0%}   {per_t}")
+    gap, win = result["gap_direction_first"], result["win_direction_first"]
+    print(f"direction with the first frame given: {gap:+.2%}, true wins {win:.0%}")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"report: {args.out}")

@@ -12,6 +12,11 @@ It needs no sampling, so it is cheap (one forward per caption and timestep), and
 what a model has learnt long before samples do: the trainer logs it every `probe_every`
 steps. `win[attribute]` is the share of (clip, timestep) pairs where the true caption wins.
 
+`gap_direction_first` is the direction gap with each clip's first latent frame given (clean,
+as image-to-video samples it, and scored only on the frames after it). There every object's
+start shows, so the direction words alone tell where it goes: a model that reads them gains
+most here, a model blind to them shows no gap here either.
+
 The clips are drawn with their own seed from the "world-model" mix at 64x64 and 96x64, 17
 frames, one or two objects and at least one moving in a direction, so that every attribute
 can be changed. Captions are the benchmark's template (`suites.prompt`); a changed caption
@@ -123,25 +128,29 @@ def build_probe(
 
 
 def _per_clip_losses(
-    dit: DiT, text: TextEncoder, probe: ProbeSet, captions: list[str], device, autocast
-) -> Tensor:
-    """Flow loss (clips, timesteps) of every probe clip under `captions`, fixed noise."""
+    dit: DiT, text: TextEncoder, probe: ProbeSet, captions: list[str], device, autocast,
+    first_given: bool = False,
+) -> Tensor:  # fmt: skip
+    """Flow loss (clips, timesteps) of every probe clip under `captions`, fixed noise; with
+    `first_given`, latent frame 0 is clean and the loss is over the frames after it."""
     patch = dit.config.patch
-    packed = pack(probe.latents, None, patch).to(device)
+    given = [[0]] * len(probe.latents) if first_given else None
+    packed = pack(probe.latents, None, patch, given).to(device)
     emb, mask = text.encode(captions)  # (B, S, Dtxt), (B, S)
     generator = torch.Generator().manual_seed(probe.seed)
     noise = torch.randn(packed.tokens.shape, generator=generator).to(device)  # (N, L, Din)
     target = velocity_target(packed.tokens, noise)
     rows = []
     for t in probe.timesteps:
-        t_tok = torch.full(packed.sample_index.shape, t, device=device) * packed.valid_mask
+        t_tok = torch.full(packed.sample_index.shape, t, device=device) * packed.loss_mask
         with autocast:
             velocity = dit.forward_packed(
                 interpolate(packed.tokens, noise, t_tok), t_tok, packed, emb.to(device),
                 mask.to(device),
             )  # fmt: skip
         per_token = (velocity.float() - target).square().mean(-1)  # (N, L)
-        rows.append(packed_sample_means(per_token, packed.sample_index, len(probe.latents)))
+        scored = packed.sample_index.masked_fill(~packed.loss_mask, -1)  # given tokens: out
+        rows.append(packed_sample_means(per_token, scored, len(probe.latents)))
     return torch.stack(rows, dim=1)  # (clips, timesteps)
 
 
@@ -167,7 +176,8 @@ def text_sensitivity(
     """Relative loss gap and win rate per attribute, plus the true caption's loss.
 
     Returns {"loss": ..., "gap_<attribute>": ..., "win_<attribute>": ...} (see the module
-    docstring) and "gap_<attribute>_t<t>" per timestep.
+    docstring), "gap_<attribute>_t<t>" per timestep, and "gap_direction_first" and
+    "win_direction_first" with the first latent frame given.
     """
     device = torch.device(device)
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
@@ -182,6 +192,10 @@ def text_sensitivity(
         for k, t in enumerate(probe.timesteps):
             gap = (changed[:, k].mean() - true[:, k].mean()) / true[:, k].mean()
             out[f"gap_{name}_t{t:g}"] = float(gap)
+    true, changed = (_per_clip_losses(dit, text, probe, captions, device, autocast, True)
+                     for captions in (probe.captions, probe.altered["direction"]))  # fmt: skip
+    out["gap_direction_first"] = float((changed.mean() - true.mean()) / true.mean())
+    out["win_direction_first"] = float((changed > true).float().mean())
     dit.train(was_training)
     return out
 
