@@ -17,7 +17,7 @@ from kinetoscope.data.manifest import read_manifest, write_manifest
 from kinetoscope.dit import DIT_PRESETS, DiT
 from kinetoscope.patches import pack
 from kinetoscope.text import load_text_encoder
-from kinetoscope.train.batch import make_batch, motion_weights
+from kinetoscope.train.batch import make_batch
 from kinetoscope.train.distributed import load_sharded
 from kinetoscope.train.dit import DiTTrainConfig, load_dit, plot_loss, sample_previews, train_dit
 from kinetoscope.train.latents import LatentCache
@@ -223,34 +223,6 @@ def test_init_starts_a_run_from_a_models_weights(tiny_world, tmp_path):
     with pytest.raises(ValueError, match="takes 4 latent channels"):
         train_dit(manifest, tmp_path / "bad", init=str(source), **{**common, "vae": tmp_path / "vae8"},
                   **still)  # fmt: skip
-
-
-def test_motion_weights_land_on_a_moving_blob_and_leave_the_batch_otherwise_the_same():
-    # A still background with a blob that moves one latent pixel right per latent frame.
-    latent = torch.zeros(4, 3, 4, 8)
-    for k in range(3):
-        latent[:, k, 1, 2 + k] = 2.0
-    weights = motion_weights(latent, (1, 2, 2), 5.0).reshape(3, 2, 4)  # (gt, gh, gw)
-    # The token pair each frame's blob moves between weighs more; the rest weighs 1.
-    assert weights[0, 0, 1] > 1 and weights[1, 0, 1] > 1 and weights[2, 0, 2] > 1
-    assert torch.equal(weights[:, 1], torch.ones(3, 4)) and weights[:, 0, 3].eq(1).all()
-    assert weights.max() <= 6.0
-    assert motion_weights(latent[:, :1], (1, 2, 2), 5.0).eq(1).all()  # an image: no motion
-    text = load_text_encoder("tiny")
-    options = {"token_budget": 24, "sequences": 2, "patch": (1, 2, 2), "caption_dropout": 0.1,
-               "given_prob": 0.5}  # fmt: skip
-    latents = [latent, torch.randn(4, 1, 4, 4)]
-
-    def batch(**kwargs):
-        return make_batch(latents, ["a", "b"], text, torch.Generator().manual_seed(0), **options,
-                          **kwargs)  # fmt: skip
-
-    plain, weighted = batch(), batch(motion_weight=5.0)
-    assert plain.weight is None and torch.equal(plain.x_t, weighted.x_t)
-    seq, start = weighted.packed.placement[0]
-    assert torch.equal(weighted.weight[seq, start : start + 24], weights.flatten())
-    with pytest.raises(ValueError, match="motion_weight must be 0 or more"):
-        DiTTrainConfig(motion_weight=-1.0)
 
 
 def test_bad_options_are_user_errors(tiny_world, tmp_path):

@@ -390,8 +390,6 @@ def _add_train(sub) -> None:
     option("preview_every", "steps between previews (0: none)", type=_count)
     option("timestep_mean", "location of the logit-normal timestep density (above 0: more "
            "training at high noise, where layout and motion are decided)", type=float)  # fmt: skip
-    option("motion_weight", "extra loss weight on moving things: a token on a moving object's "
-           "path weighs up to 1 + this (0: every token the same)", type=float)  # fmt: skip
     option("caption_dropout", "empty-prompt rate (for classifier-free guidance)", type=float)
     option("given_prob", "rate of videos trained with clean given frames, a prefix or a suffix "
            "(what image-to-video and extension sample with)", type=float)  # fmt: skip

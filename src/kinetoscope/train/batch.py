@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from kinetoscope.diffusion import (
     interpolate,
@@ -27,7 +27,6 @@ class TrainBatch:
     x_t: Tensor  # (N, L, Din) noisy tokens; given tokens are clean
     t: Tensor  # (N, L) per-token timesteps; 0 on given tokens and padding
     target: Tensor  # (N, L, Din) velocity noise - x0
-    weight: Tensor | None  # (N, L) loss weight per token (`motion_weights`); None: uniform
     text: Tensor  # (B, S, Dtxt) one caption per sample
     text_mask: Tensor  # (B, S) bool
     captions: list[str]  # after dropout ("" where dropped)
@@ -57,23 +56,6 @@ def given_patches(kind: str, patches: int, fraction: float) -> list[int]:
     return list(range(start, min(start + k, patches - 1)))
 
 
-def motion_weights(latent: Tensor, patch: tuple[int, int, int], strength: float) -> Tensor:
-    """Loss weights (L,) of a latent video's (c, t, h, w) tokens, in patchify's order:
-    1 + strength * min(change, 1), where `change` is the mean absolute difference (over
-    channels, then over the token's latent pixels) of each latent pixel with the frame before
-    or after it, whichever is larger. A flat background changes by about 0.01 between latent
-    frames and a moving object by 1-2 (normalised latents), so the weight lands on the paths
-    of moving things: where the prompt's motion words decide the target."""
-    _, t, h, w = latent.shape  # (c, t, h, w)
-    step = (latent[:, 1:] - latent[:, :-1]).abs().mean(0) if t > 1 else latent.new_zeros(0, h, w)
-    pad = latent.new_zeros(1, h, w)
-    change = torch.maximum(torch.cat([pad, step]), torch.cat([step, pad]))  # (t, h, w)
-    weight = 1 + strength * change.clamp(max=1)
-    pt, ph, pw = patch
-    pooled = nn.functional.avg_pool3d(weight[None, None], (pt, ph, pw))  # (1, 1, gt, gh, gw)
-    return pooled.flatten()
-
-
 def make_batch(
     latents: list[Tensor],
     captions: list[str],
@@ -88,14 +70,12 @@ def make_batch(
     timestep_mean: float = 0.0,
     twin_of: list[int] | None = None,
     given_masks: tuple[str, ...] = GIVEN_MASKS,
-    motion_weight: float = 0.0,
 ) -> TrainBatch:
     """Pack latents (c, t, h, w) with their captions into a training batch, drawing from
     `generator` in a fixed order (dropout, given frames, timesteps, noise).
 
     `twin_of[i]` = j < i makes sample i (the same size as j) reuse j's draws: dropout, given
-    frames, timestep and noise (-1: its own). `motion_weight` > 0 weighs each token's loss
-    by `motion_weights` (no draws: the batch is otherwise the same)."""
+    frames, timestep and noise (-1: its own)."""
     n = len(latents)
     twin_of = twin_of or [-1] * n
     source = torch.tensor([i if j < 0 else j for i, j in enumerate(twin_of)])  # (n,)
@@ -124,15 +104,9 @@ def make_batch(
             noise[si, ti : ti + length] = noise[sj, tj : tj + length]
     x_t = interpolate(packed.tokens, noise, t_tok)
     emb, mask = text.encode(captions)  # (B, S, Dtxt), (B, S)
-    weight = None
-    if motion_weight > 0:
-        weight = torch.ones(packed.tokens.shape[:2])  # (N, L); padding carries no loss anyway
-        for latent, (seq, start), length in zip(latents, packed.placement, packed.lengths,
-                                                strict=True):  # fmt: skip
-            weight[seq, start : start + length] = motion_weights(latent, patch, motion_weight)
     return TrainBatch(
-        packed, x_t, t_tok, velocity_target(packed.tokens, noise), weight, emb, mask, captions
+        packed, x_t, t_tok, velocity_target(packed.tokens, noise), emb, mask, captions
     )
 
 
-__all__ = ["GIVEN_MASKS", "TrainBatch", "given_patches", "make_batch", "motion_weights"]
+__all__ = ["GIVEN_MASKS", "TrainBatch", "given_patches", "make_batch"]

@@ -143,11 +143,6 @@ class DiTTrainConfig:
     # words tell their targets apart: common random numbers put the loss difference on those
     # words. Needs sequences_per_batch = 1 (a pair is packed whole into the one sequence).
     twin_batches: bool = False
-    # Weight of moving things in the loss (train/batch.py `motion_weights`): a token on a
-    # moving object's path weighs up to 1 + motion_weight. Objects cover a few percent of a
-    # world clip's tokens, so with uniform weights the motion words change the loss by a
-    # fraction of a percent (the probe's direction gap) and the model never reads them.
-    motion_weight: float = 0.0
     max_area: int = 256 * 256  # pixel area cap of a clip (larger ones are downscaled)
     max_frames: int = 17  # frames per clip (1 + 4k): 5 latent frames with the 4x VAE
     fps: float | None = None  # resample clips to this rate; None keeps each clip's
@@ -198,8 +193,6 @@ class DiTTrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not np.isfinite(self.timestep_mean):
             raise ValueError(f"timestep_mean must be a finite number, got {self.timestep_mean}")
-        if not 0 <= self.motion_weight < float("inf"):
-            raise ValueError(f"motion_weight must be 0 or more, got {self.motion_weight}")
         if self.preview_every < 0:
             raise ValueError(f"preview_every must be 0 (off) or more, got {self.preview_every}")
         if self.twin_batches and self.sequences_per_batch != 1:
@@ -366,9 +359,7 @@ def _train(run: Run, data: Path, vae_folder: Path, cache: Path, stop_at: int | N
                         packed.sample_index,
                     )  # (N, L, Din)
                 # The loss is reduced in fp32 (flow_loss) whatever the autocast dtype.
-                weight = None if batch.weight is None else batch.weight.to(device)
-                loss = flow_loss(prediction, batch.target.to(device), packed.loss_mask,
-                                 weight=weight)  # fmt: skip
+                loss = flow_loss(prediction, batch.target.to(device), packed.loss_mask)
                 # Every rank must take the same branch, or DDP's all-reduce would hang.
                 if not bool(ddp.all_reduce(torch.isfinite(loss.detach()).float(), "min")):
                     finite = False
@@ -538,7 +529,6 @@ class Batches:
             caption_dropout=config.caption_dropout, given_prob=config.given_prob,
             given_masks=config.given_masks,
             timestep_mean=config.timestep_mean, twin_of=twin_of,
-            motion_weight=config.motion_weight,
         )  # fmt: skip
 
 
