@@ -30,6 +30,7 @@ from kinetoscope.checkpoint import (
     save_model,
 )
 from kinetoscope.data.world.palette import COLORS, SHAPES
+from kinetoscope.data.world.parse import names_new_object
 from kinetoscope.vae import BUNDLED
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -174,19 +175,20 @@ class _DistinctObjects:
 
     def _naming(self, row: int) -> str | None:
         """The colour this caption has just written, if it is naming a new object (not "the
-        red ..."): the same reading as the world's caption parser."""
+        red ..."), read as the world's caption parser reads it."""
         words = self.words[row]
-        if not words or words[-1] not in COLORS:
-            return None
-        before = set(words[-3:-1])
-        return words[-1] if "the" not in before or before & {"a", "an", "one"} else None
+        if words and words[-1] in COLORS and names_new_object(words[:-1]):
+            return words[-1]
+        return None
 
     def mask(self, logits: Tensor) -> Tensor:
         """`logits` (B, V) with already-named objects' shape words banned."""
         for row in range(len(self.words)):
             color = self._naming(row)
+            if color is None:
+                continue
             for shape, index in self.shapes.items():
-                if color is not None and (color, shape) in self.named[row]:
+                if (color, shape) in self.named[row]:
                     logits[row, index] = -torch.inf
         return logits
 

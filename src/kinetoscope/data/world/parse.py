@@ -80,6 +80,13 @@ def _region(text: str) -> str | None:
     return None
 
 
+def names_new_object(before: list[str]) -> bool:
+    """Whether a colour word following the words `before` names a new object ("a small red
+    ...") rather than referring back to one already named ("bumps into the red ...")."""
+    article = set(before[-2:])
+    return "the" not in article or bool({"a", "an", "one"} & article)
+
+
 def parse_caption(caption: str) -> ParsedCaption:
     """The objects (color, shape, size, motion, start region), background and stated count of
     a world caption or a user's prompt; see the module docstring."""
@@ -89,8 +96,7 @@ def parse_caption(caption: str) -> ParsedCaption:
     mentions = []  # (word index of the color, color, shape)
     for i in range(len(words) - 1):
         if words[i] in COLORS and words[i + 1].rstrip("s") in SHAPES:
-            article = words[max(0, i - 3) : i]
-            if "the" in article[-2:] and not {"a", "an", "one"} & set(article[-2:]):
+            if not names_new_object(words[:i]):
                 continue  # "the red circle": a reference to an object already named
             mentions.append((i, words[i], words[i + 1].rstrip("s")))
     seen = set()
@@ -126,4 +132,4 @@ def _count(text: str) -> int | None:
     return NUMBERS.index(match.group(1)) if match else None
 
 
-__all__ = ["ParsedCaption", "ParsedObject", "parse_caption"]
+__all__ = ["ParsedCaption", "ParsedObject", "names_new_object", "parse_caption"]
