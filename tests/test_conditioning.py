@@ -177,6 +177,9 @@ def test_conditioning_is_refused_before_any_sampling(pipe, clip, tmp_path):
             C.animate(pipe, "x", tmp_path / "missing.png", **FAST)
         with pytest.raises(ValueError, match="multiple of 16"):
             C.animate(pipe, "x", clip[0], width=50, **FAST)
+        for image in (clip[0], None):  # a one-frame loop has nothing to loop through
+            with pytest.raises(ValueError, match="--frames 5 or more, got 1"):
+                C.loop(pipe, "x", image, frames=1, **FAST)
     finally:
         handle.remove()
     assert calls == []

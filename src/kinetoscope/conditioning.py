@@ -156,6 +156,15 @@ def _check_count(frames: object, what: str = "frames") -> int:
     return int(frames)
 
 
+def _check_loop(frames: object) -> int:
+    """A loop's frame count: one frame has nothing to loop through."""
+    if _check_count(frames) < 5:
+        raise ValueError(
+            f"a loop needs frames to move through: give --frames 5 or more, got {frames}"
+        )
+    return int(frames)
+
+
 def _group_up(frames: int) -> int:
     """The smallest multiple of 4 that is at least `frames`."""
     return 4 * math.ceil(frames / 4)
@@ -193,7 +202,7 @@ def animate(
 ) -> Prompted:  # fmt: skip
     """The image (its first frame for a video) as frame 0 of a `frames`-frame video (1 + 4k);
     with `loop`, a video whose last frame leads back into the image."""
-    frames = _check_count(frames)
+    frames = _check_loop(frames) if loop else _check_count(frames)
     result = Prompted(np.empty(0, np.uint8), "loop" if loop else "animate", 1, frames - 1)
     first = _fitted(image, "image", width, height, pipe, result.notes)[:1]  # 1 H W 3
     size = (first.shape[2], first.shape[1], frames)
@@ -216,6 +225,7 @@ def loop(
     """A seamless loop of `frames` frames; its first frame is `image`, or one generated from
     the prompt first."""
     notes = []
+    _check_loop(frames)  # before a first frame is made from the prompt
     if image is None:
         w, h, _ = DEFAULT_SIZE
         size = (width or w, height or h, 1)
