@@ -180,6 +180,8 @@ def test_conditioning_is_refused_before_any_sampling(pipe, clip, tmp_path):
         for image in (clip[0], None):  # a one-frame loop has nothing to loop through
             with pytest.raises(ValueError, match="--frames 5 or more, got 1"):
                 C.loop(pipe, "x", image, frames=1, **FAST)
+        with pytest.raises(ValueError, match="--frames 5 or more, got 1"):
+            C.animate(pipe, "x", clip[0], frames=1, loop=True, **FAST)
     finally:
         handle.remove()
     assert calls == []
