@@ -19,8 +19,14 @@ from kinetoscope.captioner.run import GENERATED, recaption
 from kinetoscope.cli import main
 from kinetoscope.data.manifest import read_manifest
 from kinetoscope.io import write_video
-from kinetoscope.train.captioner import CaptionerTrainConfig, caption_accuracy, train_captioner
+from kinetoscope.train.captioner import (
+    CaptionerTrainConfig,
+    _passes,
+    caption_accuracy,
+    train_captioner,
+)
 from kinetoscope.vae import load_vae
+from ranks import read_metrics, run_two_ranks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -168,6 +174,47 @@ def test_resume_after_n_steps_equals_an_uninterrupted_run(tiny_world, tmp_path):
     assert resumed["accuracy"] == whole["accuracy"]
 
 
+def test_a_step_in_passes_of_similar_length_trains_as_one_pass(tiny_world, tmp_path):
+    manifest, vae = tiny_world
+    run = {"vae": vae, "cache": tmp_path / "cache", "steps": 2, "batch": 4, "width": 32,
+           "layers": 1, "holdout": 1, "warmup": 1, "precision": "fp32", "progress": False}  # fmt: skip
+    whole = train_captioner(manifest, tmp_path / "one", pass_tokens=10**6, **run)
+    apart = train_captioner(manifest, tmp_path / "apart", pass_tokens=1, **run)  # a clip a pass
+    a, b = (Captioner.load(tmp_path / name).state_dict() for name in ("one", "apart"))
+    # (Adam divides by the gradient's size, so weights whose gradient is zero, such as the
+    # attention's key biases, move by rounding noise: hence 1e-4, a tenth of one step.)
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    assert apart["final_loss"] == pytest.approx(whole["final_loss"], rel=1e-5)
+    # Sorted by length, cut where the padded size would pass the budget.
+    assert _passes([5, 1, 3, 9], budget=6) == [[1, 2], [0], [3]]
+
+
+TWO_RANKS = """
+import json, sys
+from kinetoscope.train.captioner import train_captioner
+manifest, out, vae, cache, run = sys.argv[1:]
+train_captioner(manifest, out, vae=vae, cache=cache, progress=False, **json.loads(run))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_ranks_taking_unequal_passes_train_as_one_process(parallel, tiny_world, tmp_path):
+    manifest, vae = tiny_world
+    # A clip a pass: of a step's 5 clips one rank takes 3 passes and the other 2, so the
+    # second repeats its last at weight 0 (FSDP gathers the weights in every pass).
+    run = {"steps": 3, "batch": 5, "width": 32, "layers": 1, "holdout": 1, "warmup": 1,
+           "precision": "fp32", "pass_tokens": 1, "parallel": parallel}  # fmt: skip
+    train_captioner(manifest, tmp_path / "one", vae=vae, cache=tmp_path / "cache",
+                    progress=False, **run)  # fmt: skip
+    run_two_ranks(TWO_RANKS, tmp_path, str(manifest), str(tmp_path / "two"), str(vae),
+                  str(tmp_path / "cache"), json.dumps(run))  # fmt: skip
+    a, b = (Captioner.load(tmp_path / name).state_dict() for name in ("one", "two"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4)
+
+
 def test_init_fine_tunes_a_trained_captioner_and_refuses_one_that_lacks_the_words(
     trained, tiny_world, tmp_path
 ):
@@ -220,7 +267,7 @@ def test_greedy_decoding_never_names_one_object_twice():
 
 def test_the_trained_captioner_keeps_its_patch(trained):
     assert Captioner.load(trained).config.patch == (1, 1, 1)
-    with pytest.raises(ValueError, match="patch must be at least 1"):
+    with pytest.raises(ValueError, match="patch and pass_tokens must be at least 1"):
         CaptionerTrainConfig(patch=0)
 
 

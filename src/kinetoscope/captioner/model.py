@@ -235,6 +235,12 @@ class Captioner(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, len(config.vocab))
 
+    def tokens_read(self, latent: Tensor) -> int:
+        """How many tokens the encoder reads of a latent (c, t, h, w)."""
+        pt, ph, pw = self.config.patch
+        _, t, h, w = latent.shape
+        return min(t, self.config.max_latent_frames) // pt * (h // ph) * (w // pw)
+
     def encode(self, latents: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Encoder states (B, M, D) of latents (c, t, h, w) each, and their padding (B, M)."""
         pt, ph, pw = self.config.patch

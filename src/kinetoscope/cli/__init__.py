@@ -431,6 +431,9 @@ def _add_train_captioner(sub) -> None:
     option("layers", "layers each side", type=_positive_int)
     option("patch", "spatial patch side in latent pixels (1: 8-px tokens)", type=_positive_int)
     option("holdout", "clips at the manifest's end held out for the report", type=_count)
+    option("pass_tokens", "padded encoder tokens a pass: a step's clips run sorted by length "
+           "in passes of about this many, their gradients added", type=_positive_int,
+           shown=False)  # fmt: skip
     option("max_frames", "frames of each clip to encode (1 + 4k): 49 shares a world-model DiT "
            "run's latent cache; the captioner reads the first 17, so 17 encodes only those",
            type=_positive_int)  # fmt: skip

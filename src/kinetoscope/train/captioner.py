@@ -38,7 +38,7 @@ from kinetoscope.data.dataset import ClipDataset
 from kinetoscope.data.world import parse_caption
 from kinetoscope.data.world.captions import in_reading_order
 from kinetoscope.nn import resolve_precision
-from kinetoscope.train.distributed import CHECKPOINT
+from kinetoscope.train.distributed import CHECKPOINT, gradient_sync
 from kinetoscope.train.latents import LatentCache
 from kinetoscope.train.skeleton import Run, check_run_config, configure, open_run
 from kinetoscope.vae import BUNDLED, VideoVAE, load_vae
@@ -85,6 +85,10 @@ class CaptionerTrainConfig:
     max_area: int = 256 * 256  # as the DiT trainer's, so the two share the latent cache
     max_frames: int = 49  # as the world model's DiT run: the two then share latents
     holdout: int = 200  # last clips of the manifest, never trained on, for the report
+    # Padded encoder tokens a pass: a step's clips, sorted by length, run in passes of about
+    # this many (gradients add up), so small clips do not pad to the step's largest (4.6x
+    # faster steps on the default mix, whose canvases run from 32 to 256 px).
+    pass_tokens: int = 4096
     precision: str = "auto"  # bf16 autocast where bf16 is fast (GPUs, AVX512-BF16/AMX CPUs)
     # Under torchrun: "ddp" keeps the whole model on each rank; "fsdp" shards it. One process
     # trains the bare model either way.
@@ -102,8 +106,10 @@ class CaptionerTrainConfig:
         self.betas = tuple(self.betas)
         self.init = None if self.init is None else str(self.init)  # a folder may come as a Path
         check_run_config(self)
-        if min(self.batch, self.width, self.layers, self.patch) < 1 or self.holdout < 0:
-            raise ValueError("batch, width, layers and patch must be at least 1, holdout >= 0")
+        if min(self.batch, self.width, self.layers, self.patch, self.pass_tokens) < 1:
+            raise ValueError("batch, width, layers, patch and pass_tokens must be at least 1")
+        if self.holdout < 0:
+            raise ValueError(f"holdout must be >= 0, got {self.holdout}")
 
 
 def caption_accuracy(captions: list[str], truths: list[dict]) -> dict[str, float]:
@@ -223,16 +229,27 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
         chosen = draws.choice(train_ids, size=min(config.batch, len(train_ids)), replace=False)
         mine = [int(i) for i in chosen[ddp.rank :: ddp.world_size]]
         batch = _batch(model, [tokens[i] for i in mine]).to(device)  # (B, S)
-        with autocast:
-            logits = net([latents.load(i).to(device) for i in mine], batch[:, :-1])  # (B, S-1, V)
         targets = batch[:, 1:]
         # Every caption word of the global batch weighs the same; DDP and FSDP average the
         # ranks' gradients, hence the world size.
         words = float(ddp.all_reduce((targets != 0).sum().double()))
-        total = nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
-                                            ignore_index=0, reduction="sum")  # fmt: skip
-        (total * (ddp.world_size / words)).backward()
-        loss = float(ddp.all_reduce(total.detach().double())) / words
+        clips = [latents.load(i).to(device) for i in mine]
+        passes = _passes([model.tokens_read(z) for z in clips], config.pass_tokens)
+        # Every rank runs as many passes (FSDP gathers the weights in each): one with fewer
+        # repeats its last pass at weight 0.
+        count = int(ddp.all_reduce(torch.tensor(len(passes), device=device), "max"))
+        total = torch.zeros((), device=device)
+        for k in range(count):
+            rows = passes[min(k, len(passes) - 1)]
+            with gradient_sync(net, enabled=k == count - 1):
+                with autocast:
+                    logits = net([clips[j] for j in rows], batch[rows, :-1])  # (b, S-1, V)
+                part = nn.functional.cross_entropy(logits.float().flatten(0, 1),
+                                                   targets[rows].flatten(), ignore_index=0,
+                                                   reduction="sum") * (k < len(passes))  # fmt: skip
+                (part * (ddp.world_size / words)).backward()
+            total += part.detach()
+        loss = float(ddp.all_reduce(total.double())) / words
         run.update(math.isfinite(loss))
         run.log(run.end_step(loss, {"clips": len(chosen)}))
         run.save_if_due()
@@ -245,6 +262,17 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
     if run.main:
         save_json(run.out / "report.json", report)
     return run.summary(**report)
+
+
+def _passes(lengths: list[int], budget: int) -> list[list[int]]:
+    """Positions of `lengths` sorted by length and cut into runs whose padded size (clips x
+    the run's longest) stays within `budget` tokens; a clip longer than that runs alone."""
+    runs: list[list[int]] = [[]]
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if runs[-1] and (len(runs[-1]) + 1) * lengths[i] > budget:
+            runs.append([])
+        runs[-1].append(i)
+    return runs
 
 
 def _captioner_to_fine_tune(folder: str, captions: list[str], vae: VideoVAE) -> Captioner:
