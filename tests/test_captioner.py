@@ -246,29 +246,6 @@ def test_the_captioner_reads_clips_of_any_size(patch):
     assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
 
 
-def test_motion_features_join_at_zero_weight_and_then_change_the_reading(trained, tiny_world,
-                                                                          tmp_path):  # fmt: skip
-    torch.manual_seed(0)
-    captioner = Captioner(CaptionerConfig(vocab=WordTokenizer.fit(["a red circle"]).vocab,
-                                          latent_channels=4, width=32, heads=2, encoder_layers=1,
-                                          decoder_layers=1, max_tokens=8, canvas_features=True))  # fmt: skip
-    wider = captioner.eval().with_motion_features()
-    assert wider.config.motion_features and wider.patch_embed.in_features == 2 * 4 * 2 * 2
-    latents = [torch.randn(4, 3, 4, 6), torch.randn(4, 1, 2, 2)]
-    before, after = captioner.encode(latents)[0], wider.encode(latents)[0]
-    assert torch.allclose(before, after, atol=1e-6)  # zero weight: the same reading
-    # Trained to use them, the features change what a moving clip reads as.
-    with torch.no_grad():
-        wider.patch_embed.weight.normal_()
-    assert not torch.allclose(before, wider.encode(latents)[0], atol=1e-3)
-
-    # train-captioner adds them to an --init captioner without them, and saves them.
-    manifest, vae = tiny_world
-    train_captioner(manifest, tmp_path / "moving", vae=vae, init=trained, motion_features=True,
-                    steps=1, batch=3, holdout=1, warmup=1, precision="fp32", progress=False)  # fmt: skip
-    assert Captioner.load(tmp_path / "moving").config.motion_features
-
-
 def test_greedy_decoding_never_names_one_object_twice():
     tokenizer = WordTokenizer.fit(["a red circle and a red square bump into the red circle"])
     distinct = _DistinctObjects(tokenizer, rows=2)

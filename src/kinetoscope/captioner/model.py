@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -93,11 +93,6 @@ class CaptionerConfig:
     # integer positions alone leave the encoder to work out. Off in captioners trained
     # before it.
     canvas_features: bool = False
-    # Each token also reads its change since the latent frame before (zero in the first):
-    # where an object moves, the change marks its leading and trailing edges, which the
-    # encoder otherwise has to find by comparing tokens across frames. Off in captioners
-    # trained before it; `with_motion_features` adds it to one of them.
-    motion_features: bool = False
 
     def __post_init__(self) -> None:
         if self.width % self.heads or (self.width // 3) < 2:
@@ -226,8 +221,7 @@ class Captioner(nn.Module):
         self.tokenizer = WordTokenizer(config.vocab)
         self.meta: dict = {}  # what it was trained on ("vae": the VAE its latents came from)
         d, (pt, ph, pw) = config.width, config.patch
-        channels = config.latent_channels * (2 if config.motion_features else 1)
-        self.patch_embed = nn.Linear(channels * pt * ph * pw, d)
+        self.patch_embed = nn.Linear(config.latent_channels * pt * ph * pw, d)
         self.canvas_embed = nn.Linear(4, d) if config.canvas_features else None
         layer = dict(d_model=d, nhead=config.heads, dim_feedforward=4 * d, dropout=0.0,
                      batch_first=True, norm_first=True)  # fmt: skip
@@ -258,9 +252,6 @@ class Captioner(nn.Module):
                     f"{z.shape[0]}; encode with the VAE it was trained on ({self.meta.get('vae')})"
                 )
             z = z[:, : self.config.max_latent_frames]
-            if self.config.motion_features:
-                change = z - torch.cat([z[:, :1], z[:, :-1]], dim=1)  # (c, t, h, w)
-                z = torch.cat([z, change])  # (2c, t, h, w)
             _, t, h, w = z.shape
             grid = rearrange(z, "c (t a) (h b) (w e) -> (t h w) (a b e c)", a=pt, b=ph, e=pw)
             where = torch.stack(torch.meshgrid(torch.arange(t // pt), torch.arange(h // ph),
@@ -306,22 +297,6 @@ class Captioner(nn.Module):
             if done.all():
                 break
         return [self.tokenizer.decode(row.tolist()) for row in torch.stack(tokens, dim=1)]
-
-    def with_motion_features(self) -> Captioner:
-        """This captioner reading motion features too (`CaptionerConfig.motion_features`),
-        their weights zero: it captions as before until it is trained to use them."""
-        if self.config.motion_features:
-            return self
-        wider = Captioner(replace(self.config, motion_features=True))
-        state = self.state_dict()
-        weight = state["patch_embed.weight"]  # (D, patch values x c): c varies fastest
-        by_place = weight.unflatten(1, (-1, self.config.latent_channels))
-        state["patch_embed.weight"] = torch.cat([by_place, torch.zeros_like(by_place)], 2).flatten(
-            1
-        )
-        wider.load_state_dict(state)
-        wider.meta = dict(self.meta)
-        return wider.train(self.training)
 
     def save(self, folder: str | os.PathLike, meta: dict | None = None) -> Path:
         return save_model(folder, self, self.config, meta=meta or {})

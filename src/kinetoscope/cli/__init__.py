@@ -431,9 +431,6 @@ def _add_train_captioner(sub) -> None:
     option("layers", "layers each side", type=_positive_int)
     option("patch", "spatial patch side in latent pixels (1: 8-px tokens)", type=_positive_int)
     option("holdout", "clips at the manifest's end held out for the report", type=_count)
-    option("motion_features", "tokens also read their change since the latent frame before "
-           "(an --init captioner without them gains them at zero weight)", action="store_true",
-           shown=False)  # fmt: skip
     option("pass_tokens", "padded encoder tokens a pass: a step's clips run sorted by length "
            "in passes of about this many, their gradients added", type=_positive_int,
            shown=False)  # fmt: skip

@@ -57,7 +57,6 @@ RESUME_FIELDS = (
     "max_area",
     "max_frames",
     "holdout",
-    "motion_features",
 )
 ATTRIBUTES = ("count", "color", "shape", "size", "motion", "background", "region")
 _OBJECT_ATTRIBUTES = ("color", "shape", "size", "motion", "region")  # each a truth key too
@@ -86,9 +85,6 @@ class CaptionerTrainConfig:
     max_area: int = 256 * 256  # as the DiT trainer's, so the two share the latent cache
     max_frames: int = 49  # as the world model's DiT run: the two then share latents
     holdout: int = 200  # last clips of the manifest, never trained on, for the report
-    # Tokens also read their change since the latent frame before (CaptionerConfig's); an
-    # --init captioner without them gains them, at zero weight.
-    motion_features: bool = False
     # Padded encoder tokens a pass: a step's clips, sorted by length, run in passes of about
     # this many (gradients add up), so small clips do not pad to the step's largest (4.6x
     # faster steps on the default mix, whose canvases run from 32 to 256 px).
@@ -210,16 +206,13 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
         model = Captioner(load_config(run.checkpoint / "model", CaptionerConfig))
     elif config.init is not None:
         model = _captioner_to_fine_tune(config.init, [captions[i] for i in train_ids], vae_model)
-        if config.motion_features:
-            model = model.with_motion_features()
     else:
         tokenizer = WordTokenizer.fit([captions[i] for i in train_ids])
         torch.manual_seed(config.seed)
         model = Captioner(CaptionerConfig(
             vocab=tokenizer.vocab, latent_channels=vae_model.config.latent_channels,
             width=config.width, encoder_layers=config.layers, decoder_layers=config.layers,
-            patch=(1, config.patch, config.patch), canvas_features=True,
-            motion_features=config.motion_features))  # fmt: skip
+            patch=(1, config.patch, config.patch), canvas_features=True))  # fmt: skip
     net = run.attach(model.to(device).train(), precision=precision)
     named = vae is None or str(vae) in BUNDLED
     run.meta = {"data": run.portable(data), "level": config.level, "train": asdict(config),
