@@ -87,8 +87,8 @@ class CaptionerTrainConfig:
     holdout: int = 200  # last clips of the manifest, never trained on, for the report
     # Padded encoder tokens a pass: a step's clips, sorted by length, run in passes of about
     # this many (gradients add up), so small clips do not pad to the step's largest. A step of
-    # the default mix (canvases of 32 to 256 px) on 2 CPU threads: 12.9 s in one pass, 4.4 s
-    # in passes of 4,096 tokens, 3.3 s in passes of 2,048.
+    # the default mix (canvases of 32 to 256 px) on 2 CPU threads runs 4.3x faster than in one
+    # pass (`benchmarks/bench_captioner_step.py`: 1,024 gave 4.8x, 4,096 3.8x).
     pass_tokens: int = 2048
     precision: str = "auto"  # bf16 autocast where bf16 is fast (GPUs, AVX512-BF16/AMX CPUs)
     # Under torchrun: "ddp" keeps the whole model on each rank; "fsdp" shards it. One process
