@@ -12,20 +12,17 @@ world VAE, as the trainer's latent cache holds them) for each pass budget.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
-import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from kinetoscope.captioner import Captioner
-from kinetoscope.captioner.run import captioner_vae
-from kinetoscope.data.dataset import native_size
+from kinetoscope.captioner.run import captioner_vae, fitted_latent
 from kinetoscope.data.world.generate import clip_seed, make_clip
-from kinetoscope.io import to_float
-from kinetoscope.train.captioner import _batch, _passes
+from kinetoscope.train.captioner import _batch, _passes, backward_in_passes
 from record import markdown_table, record_or_print
 
 ONE_PASS = 10**9
@@ -37,17 +34,9 @@ def encoded_steps(model: Captioner, steps: int, batch: int, seed: int) -> list[t
     vae, frames = captioner_vae(model), 1 + 4 * (model.config.max_latent_frames - 1)
     out = []
     for step in tqdm(range(steps), desc="encode", unit="step"):
-        latents, tokens = [], []
-        for i in range(batch):
-            clip = make_clip(clip_seed(seed, step * batch + i))
-            video = clip.frames[:frames]
-            height, width = video.shape[1:3]
-            w, h, t, _ = native_size(width, height, len(video), max_area=256 * 256,
-                                     max_frames=frames)  # fmt: skip
-            x = to_float(torch.from_numpy(np.ascontiguousarray(video[:t, :h, :w])))[None]
-            with torch.inference_mode():
-                latents.append(vae.encode(x)[0].float())
-            tokens.append(model.tokenizer.encode(clip.captions["long"]))
+        clips = [make_clip(clip_seed(seed, step * batch + i)) for i in range(batch)]
+        latents = [fitted_latent(vae, clip.frames, frames) for clip in clips]
+        tokens = [model.tokenizer.encode(clip.captions["long"]) for clip in clips]
         out.append((latents, tokens))
     return out
 
@@ -56,17 +45,13 @@ def step_seconds(model: Captioner, latents: list, tokens: list, budget: int) -> 
     """Seconds of one step's forward and backward in passes of `budget` padded tokens, and the
     share of the encoder tokens run that were padding."""
     batch = _batch(model, tokens)
-    targets = batch[:, 1:]
-    words = float((targets != 0).sum())
+    words = float((batch[:, 1:] != 0).sum())
     lengths = [model.tokens_read(z) for z in latents]
     passes = _passes(lengths, budget)
     model.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    for rows in passes:
-        logits = model([latents[j] for j in rows], batch[rows, :-1])
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets[rows].flatten(),
-                                           ignore_index=0, reduction="sum")  # fmt: skip
-        (loss / words).backward()
+    backward_in_passes(model, latents, batch, passes, len(passes), 1 / words,
+                       contextlib.nullcontext())  # fmt: skip
     seconds = time.perf_counter() - start
     run = sum(len(rows) * max(lengths[j] for j in rows) for rows in passes)
     return seconds, 1 - sum(lengths) / run

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -36,7 +37,13 @@ MAX_AREA = 256 * 256  # clips are read as the trainer read them
 def _latent(vae: VideoVAE, path: str | os.PathLike, frames: int) -> torch.Tensor:
     """The normalised latent (c, t, h, w) of the first `frames` frames of a file, resized and
     cropped to the grid as training clips are."""
-    video = read_video(path, max_frames=frames)  # T H W 3
+    return fitted_latent(vae, read_video(path, max_frames=frames), frames)
+
+
+def fitted_latent(vae: VideoVAE, video: np.ndarray, frames: int) -> torch.Tensor:
+    """The normalised latent (c, t, h, w) of the first `frames` of uint8 frames (T, H, W, 3),
+    resized and cropped to the grid as training clips are."""
+    video = video[:frames]
     height, width = video.shape[1:3]
     out_w, out_h, out_t, scale = native_size(width, height, len(video), max_area=MAX_AREA,
                                              max_frames=frames)  # fmt: skip

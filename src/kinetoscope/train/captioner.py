@@ -20,6 +20,7 @@ reads), metrics.jsonl, loss.png, and report.json.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -230,26 +231,16 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
         chosen = draws.choice(train_ids, size=min(config.batch, len(train_ids)), replace=False)
         mine = [int(i) for i in chosen[ddp.rank :: ddp.world_size]]
         batch = _batch(model, [tokens[i] for i in mine]).to(device)  # (B, S)
-        targets = batch[:, 1:]
         # Every caption word of the global batch weighs the same; DDP and FSDP average the
         # ranks' gradients, hence the world size.
-        words = float(ddp.all_reduce((targets != 0).sum().double()))
+        words = float(ddp.all_reduce((batch[:, 1:] != 0).sum().double()))
         clips = [latents.load(i).to(device) for i in mine]
         passes = _passes([model.tokens_read(z) for z in clips], config.pass_tokens)
         # Every rank runs as many passes (FSDP gathers the weights in each): one with fewer
         # repeats its last pass at weight 0.
         count = int(ddp.all_reduce(torch.tensor(len(passes), device=device), "max"))
-        total = torch.zeros((), device=device)
-        for k in range(count):
-            rows = passes[min(k, len(passes) - 1)]
-            with gradient_sync(net, enabled=k == count - 1):
-                with autocast:
-                    logits = net([clips[j] for j in rows], batch[rows, :-1])  # (b, S-1, V)
-                part = nn.functional.cross_entropy(logits.float().flatten(0, 1),
-                                                   targets[rows].flatten(), ignore_index=0,
-                                                   reduction="sum") * (k < len(passes))  # fmt: skip
-                (part * (ddp.world_size / words)).backward()
-            total += part.detach()
+        total = backward_in_passes(net, clips, batch, passes, count, ddp.world_size / words,
+                                   autocast)  # fmt: skip
         loss = float(ddp.all_reduce(total.double())) / words
         run.update(math.isfinite(loss))
         run.log(run.end_step(loss, {"clips": len(chosen)}))
@@ -274,6 +265,29 @@ def _passes(lengths: list[int], budget: int) -> list[list[int]]:
             runs.append([])
         runs[-1].append(i)
     return runs
+
+
+def backward_in_passes(net: nn.Module, clips: list[torch.Tensor], batch: torch.Tensor,
+                       passes: list[list[int]], count: int, scale: float,
+                       autocast: contextlib.AbstractContextManager) -> torch.Tensor:  # fmt: skip
+    """Forward and backward of a step's `clips` (latents) and caption tokens `batch` (B, S) in
+    `passes` (`_passes`), each pass's summed word loss times `scale` (backward adds the
+    gradients); the summed loss, detached. Runs `count` passes, repeating the last at weight 0
+    past `len(passes)`, so every rank runs as many; gradients are reduced over ranks on the
+    last."""
+    targets = batch[:, 1:]
+    total = torch.zeros((), device=batch.device)
+    for k in range(count):
+        rows = passes[min(k, len(passes) - 1)]
+        with gradient_sync(net, enabled=k == count - 1):
+            with autocast:
+                logits = net([clips[j] for j in rows], batch[rows, :-1])  # (b, S-1, V)
+            part = nn.functional.cross_entropy(logits.float().flatten(0, 1),
+                                               targets[rows].flatten(), ignore_index=0,
+                                               reduction="sum") * (k < len(passes))  # fmt: skip
+            (part * scale).backward()
+        total += part.detach()
+    return total
 
 
 def _captioner_to_fine_tune(folder: str, captions: list[str], vae: VideoVAE) -> Captioner:
@@ -316,5 +330,5 @@ def evaluate_captioner(model: Captioner, latents: LatentCache, dataset: ClipData
             "examples": captions[:5]}  # fmt: skip
 
 
-__all__ = ["ATTRIBUTES", "CaptionerTrainConfig", "caption_accuracy", "evaluate_captioner",
-           "train_captioner"]  # fmt: skip
+__all__ = ["ATTRIBUTES", "CaptionerTrainConfig", "backward_in_passes", "caption_accuracy",
+           "evaluate_captioner", "train_captioner"]  # fmt: skip
