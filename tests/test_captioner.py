@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kinetoscope.captioner import Captioner, CaptionerConfig, WordTokenizer
+from kinetoscope.captioner import Captioner, CaptionerConfig, PixelFrames, WordTokenizer
 from kinetoscope.captioner.endpoint import EndpointCaptioner
 from kinetoscope.captioner.model import _DistinctObjects
 from kinetoscope.captioner.run import GENERATED, recaption
@@ -244,6 +244,71 @@ def test_the_captioner_reads_clips_of_any_size(patch):
     latents = [torch.randn(4, 3, 4, 6), torch.randn(4, 9, 8, 8), torch.randn(4, 1, 2, 2)]
     captions = captioner.caption(latents)
     assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
+
+
+def test_pixel_frames_put_every_canvas_at_one_shorter_side():
+    frames = PixelFrames(16, 4)
+    assert frames.latent_size(9, 32, 64) == (9, 16, 32)  # the aspect ratio kept
+    assert frames.latent_size(1, 200, 90) == (1, 36, 16)  # 35.6 rounded to the multiple
+    video = torch.rand(2, 3, 5, 8, 24) * 2 - 1  # upsampled: a small canvas read larger
+    x = frames.encode(video)
+    assert x.shape == (2, 3, 5, 16, 48) and x.abs().max() <= 1
+    mean, logvar = frames.moments(video)
+    assert torch.equal(mean, x) and torch.isinf(logvar).all()
+    with pytest.raises(ValueError, match="multiple of the patch"):
+        PixelFrames(18, 4)
+
+
+def test_a_captioner_of_pixels_reads_frames_in_pairs_and_pads_an_odd_last():
+    torch.manual_seed(0)
+    captioner = Captioner(CaptionerConfig(vocab=WordTokenizer.fit(["a red circle"]).vocab,
+                                          latent_channels=3, width=32, heads=2, patch=(2, 4, 4),
+                                          encoder_layers=1, decoder_layers=1, max_tokens=8,
+                                          max_latent_frames=17, pixels=16))  # fmt: skip
+    assert captioner.frames_read() == 17
+    clip = torch.rand(3, 17, 16, 32) * 2 - 1
+    assert captioner.tokens_read(clip) == 9 * 4 * 8  # frames 0-1, ..., 14-15, 16 (+ 16 again)
+    memory, pad = captioner.encode([clip, clip[:, :1]])  # a video and an image
+    assert memory.shape[1] == 9 * 4 * 8 and (~pad[1]).sum() == 4 * 8
+    # The padded last pair holds frame 16 twice: the clip cut to 17 reads as the clip.
+    padded = torch.cat([clip, clip[:, -1:]], dim=1)
+    assert torch.allclose(captioner.encode([padded])[0], memory[:1], atol=1e-6)
+
+
+def test_a_captioner_of_pixels_learns_its_clips_without_a_vae(tiny_world, tmp_path):
+    manifest, _ = tiny_world
+    out = tmp_path / "pixels"
+    train_captioner(manifest, out, pixels=16, patch=4, max_frames=9, steps=120, batch=5,
+                    lr=3e-3, warmup=10, width=64, layers=1, holdout=1, progress=False,
+                    precision="fp32")  # fmt: skip
+    captioner = Captioner.load(out)
+    assert captioner.config.pixels == 16 and captioner.config.patch == (2, 4, 4)
+    assert captioner.meta["vae"] is None
+    from kinetoscope.captioner.run import caption_files
+
+    records = read_manifest(manifest)[:-1]
+    captions = [text for _, text in caption_files(captioner, [r.path for r in records])]
+    accuracy = caption_accuracy(captions, [json.loads(Path(r.truth).read_text()) for r in records])
+    assert accuracy["color"] >= 0.8 and accuracy["background"] >= 0.8, (accuracy, captions)
+
+
+def test_a_captioner_of_latents_starts_one_of_pixels_but_for_its_patch_embedding(
+    trained, tiny_world, tmp_path
+):
+    manifest, _ = tiny_world
+    run = {"steps": 1, "batch": 3, "holdout": 1, "warmup": 1, "precision": "fp32",
+           "progress": False, "pixels": 16, "patch": 4, "max_frames": 9}  # fmt: skip
+    train_captioner(manifest, tmp_path / "pixels", init=trained, lr=1e-9, **run)
+    latents, pixels = Captioner.load(trained), Captioner.load(tmp_path / "pixels")
+    assert pixels.config.latent_channels == 3 and pixels.config.vocab == latents.config.vocab
+    assert pixels.patch_embed.weight.shape == (latents.config.width, 3 * 2 * 4 * 4)
+    start, end = latents.state_dict(), pixels.state_dict()
+    carried = [k for k in start if not k.startswith("patch_embed")]
+    assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in carried)
+    # A captioner of pixels fine-tunes only as one of pixels of its own size.
+    with pytest.raises(ValueError, match="pass --pixels 16"):
+        train_captioner(manifest, tmp_path / "refused", init=tmp_path / "pixels", lr=1e-3,
+                        **{**run, "pixels": 0, "patch": 2})  # fmt: skip
 
 
 def test_greedy_decoding_never_names_one_object_twice():

@@ -1,11 +1,13 @@
-"""The video captioner: VAE latents -> a caption, word by word.
+"""The video captioner: VAE latents or RGB frames -> a caption, word by word.
 
     captioner = Captioner.load(folder)
     [text] = captioner.caption([latent])            # latent: normalised (c, t, h, w)
 
-An encoder-decoder transformer. The encoder reads the latent video as spacetime patches (as
-the DiT does), each with a fixed sinusoidal embedding of its (t, h, w) position, so clips of
-any size and length are read alike; the decoder writes the caption autoregressively over a
+An encoder-decoder transformer. The encoder reads the video as spacetime patches (as the DiT
+does), each with a fixed sinusoidal embedding of its (t, h, w) position, so clips of any size
+and length are read alike. It reads either the VAE's latents or, when `config.pixels` is set,
+the RGB frames themselves resized to a fixed shorter side (`PixelFrames`, which stands in for
+the VAE wherever a captioner's input is made); the decoder writes the caption autoregressively over a
 word-level vocabulary (`WordTokenizer`, built from the training captions) with cross-attention
 to the encoder's states. Greedy decoding, never naming one object twice (`_DistinctObjects`).
 """
@@ -93,10 +95,57 @@ class CaptionerConfig:
     # integer positions alone leave the encoder to work out. Off in captioners trained
     # before it.
     canvas_features: bool = False
+    # 0: reads the VAE's latents. S > 0: reads RGB frames resized so the shorter side is S
+    # px (`PixelFrames`); `latent_channels` is then 3, `patch` in pixels and frames, and
+    # `max_latent_frames` counts frames.
+    pixels: int = 0
 
     def __post_init__(self) -> None:
         if self.width % self.heads or (self.width // 3) < 2:
             raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
+
+
+@dataclass(frozen=True)
+class PixelFramesConfig:
+    side: int  # the shorter side, in pixels
+    multiple: int  # both sides a multiple of this (the captioner's spatial patch)
+    latent_channels: int = 3
+
+
+class PixelFrames(nn.Module):
+    """What a pixel captioner reads where another reads a VAE's latents: the RGB frames in
+    [-1, 1], resized (bilinear, antialiased) so the shorter side is `side` px and the longer
+    keeps the aspect ratio, each rounded to `multiple`. A fixed shorter side puts every
+    canvas at the scale of the captions' sizes and regions, which are fractions of it, and
+    keeps every frame (the VAE codes frames 1-4 together). It offers the calls the latent
+    cache and the file reader make of a VAE (`encode`, `moments`, `latent_size`)."""
+
+    def __init__(self, side: int, multiple: int) -> None:
+        super().__init__()
+        if side < multiple or side % multiple:
+            raise ValueError(f"pixels {side} must be a multiple of the patch {multiple}")
+        self.config = PixelFramesConfig(side, multiple)
+        self.register_buffer("latent_shift", torch.zeros(3))  # frames are read as they are
+        self.register_buffer("latent_scale", torch.ones(3))
+
+    def latent_size(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(t, h, w) of what `encode` makes of a (frames, height, width) video."""
+        scale, m = self.config.side / min(height, width), self.config.multiple
+        return frames, max(m, m * round(height * scale / m)), max(m, m * round(width * scale / m))
+
+    def encode(self, video: Tensor, **_) -> Tensor:
+        """Frames `B 3 T H W` in [-1, 1] -> `B 3 T h w` at the reading size."""
+        b, _, t, h, w = video.shape
+        _, out_h, out_w = self.latent_size(t, h, w)
+        frames = rearrange(video.float(), "b c t h w -> (b t) c h w")
+        frames = nn.functional.interpolate(frames, size=(out_h, out_w), mode="bilinear",
+                                           antialias=True, align_corners=False)  # fmt: skip
+        return rearrange(frames.clamp(-1, 1), "(b t) c h w -> b c t h w", b=b)
+
+    def moments(self, video: Tensor, **_) -> tuple[Tensor, Tensor]:
+        """(`encode(video)`, log-variance -inf): exact, as the latent cache stores them."""
+        x = self.encode(video)
+        return x, torch.full_like(x, -torch.inf)
 
 
 def spacetime_embedding(coords: Tensor, width: int) -> Tensor:
@@ -235,11 +284,17 @@ class Captioner(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, len(config.vocab))
 
+    def frames_read(self) -> int:
+        """How many video frames the encoder reads (the first ones of a clip)."""
+        if self.config.pixels:
+            return self.config.max_latent_frames
+        return 1 + 4 * (self.config.max_latent_frames - 1)  # the VAE codes 1, then groups of 4
+
     def tokens_read(self, latent: Tensor) -> int:
         """How many tokens the encoder reads of a latent (c, t, h, w)."""
         pt, ph, pw = self.config.patch
         _, t, h, w = latent.shape
-        return min(t, self.config.max_latent_frames) // pt * (h // ph) * (w // pw)
+        return -(-min(t, self.config.max_latent_frames) // pt) * (h // ph) * (w // pw)
 
     def encode(self, latents: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Encoder states (B, M, D) of latents (c, t, h, w) each, and their padding (B, M)."""
@@ -252,6 +307,8 @@ class Captioner(nn.Module):
                     f"{z.shape[0]}; encode with the VAE it was trained on ({self.meta.get('vae')})"
                 )
             z = z[:, : self.config.max_latent_frames]
+            if z.shape[1] % pt:  # the last frame repeated to fill the last temporal patch
+                z = torch.cat([z, z[:, -1:].expand(-1, pt - z.shape[1] % pt, -1, -1)], dim=1)
             _, t, h, w = z.shape
             grid = rearrange(z, "c (t a) (h b) (w e) -> (t h w) (a b e c)", a=pt, b=ph, e=pw)
             where = torch.stack(torch.meshgrid(torch.arange(t // pt), torch.arange(h // ph),
@@ -330,6 +387,7 @@ class Captioner(nn.Module):
 __all__ = [
     "Captioner",
     "CaptionerConfig",
+    "PixelFrames",
     "WordTokenizer",
     "canvas_features",
     "spacetime_embedding",

@@ -1,7 +1,8 @@
 """Captioning files and manifests: the trained world captioner or a vision endpoint.
 
 Both captioners caption a file (`FileCaptioner.caption_file`): `WorldCaptioner` reads the
-first frames the trained captioner saw in training and encodes them with its VAE;
+first frames the trained captioner saw in training and encodes them with its VAE (or, for a
+captioner of pixels, resizes them: `PixelFrames`);
 `EndpointCaptioner` (`captioner/endpoint.py`) sends frames sampled over the whole clip to a
 vision model. A bare `Captioner` passed below is wrapped in a `WorldCaptioner`.
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kinetoscope.captioner.model import Captioner
+from kinetoscope.captioner.model import Captioner, PixelFrames
 from kinetoscope.data.dataset import native_size
 from kinetoscope.data.manifest import read_manifest, record_to_json
 from kinetoscope.io import VideoReadError, read_video, to_float
@@ -58,8 +59,11 @@ def fitted_latent(vae: VideoVAE, video: np.ndarray, frames: int) -> torch.Tensor
         return vae.encode(x)[0].float()
 
 
-def captioner_vae(captioner: Captioner) -> VideoVAE:
-    """The VAE the captioner was trained on (its meta names it; the bundled world VAE else)."""
+def captioner_vae(captioner: Captioner) -> VideoVAE | PixelFrames:
+    """The VAE the captioner was trained on (its meta names it; the bundled world VAE else),
+    or the `PixelFrames` of a captioner of pixels."""
+    if captioner.config.pixels:
+        return PixelFrames(captioner.config.pixels, captioner.config.patch[1])
     name = str(captioner.meta.get("vae", "world"))
     return load_vae(BUNDLED.get(name, name))
 
@@ -74,14 +78,15 @@ class FileCaptioner(Protocol):
 
 class WorldCaptioner:
     """The trained captioner over the latents of the VAE it was trained on (its meta names
-    it), of the first frames it saw in training."""
+    it), or over the resized frames for a captioner of pixels, of the first frames it saw in
+    training."""
 
     name = "kinetoscope captioner"
 
     def __init__(self, captioner: Captioner, vae: VideoVAE | None = None) -> None:
         self.captioner = captioner
         self.vae = vae or captioner_vae(captioner)
-        self.frames = 1 + 4 * (captioner.config.max_latent_frames - 1)
+        self.frames = captioner.frames_read()
 
     def caption_file(self, path: str | os.PathLike) -> str:
         [text] = self.captioner.caption([_latent(self.vae, path, self.frames)])

@@ -411,7 +411,8 @@ def _add_train_captioner(sub) -> None:
     parser = sub.add_parser(
         "train-captioner",
         help="train the video captioner on world clips and their ground-truth captions",
-        description="Train a video-to-text model over the VAE's latents on a manifest's "
+        description="Train a video-to-text model over the VAE's latents (or the frames, --pixels) on a "
+        "manifest's "
         "captions (the long ones by default), then caption the held-out clips, parse the "
         "captions back and report the accuracy of every attribute. Writes config.json, "
         "checkpoint/ (the captioner in checkpoint/model, what caption --model RUN reads), "
@@ -429,7 +430,10 @@ def _add_train_captioner(sub) -> None:
     option("level", "caption level to learn")
     option("width", "model width", type=_positive_int)
     option("layers", "layers each side", type=_positive_int)
-    option("patch", "spatial patch side in latent pixels (1: 8-px tokens)", type=_positive_int)
+    option("patch", "spatial patch side in latent pixels (1: 8-px tokens), or in pixels with "
+           "--pixels", type=_positive_int)  # fmt: skip
+    option("pixels", "read RGB frames resized to this shorter side (e.g. 64, with --patch 8 "
+           "and --max-frames 17) instead of the VAE's latents; 0: latents", type=_count)  # fmt: skip
     option("holdout", "clips at the manifest's end held out for the report", type=_count)
     option("pass_tokens", "padded encoder tokens a pass: a step's clips run sorted by length "
            "in passes of about this many, their gradients added", type=_positive_int,
@@ -438,7 +442,8 @@ def _add_train_captioner(sub) -> None:
            "run's latent cache; the captioner reads the first 17, so 17 encodes only those",
            type=_positive_int)  # fmt: skip
     option("init", "captioner (model or run folder) whose weights and vocabulary start the "
-           "run (fine-tune it; new optimizer; --width, --layers and --patch are its own)",
+           "run (fine-tune it; new optimizer; --width, --layers and --patch are its own; a "
+           "captioner of latents starts one of --pixels with a new patch embedding)",
            shown=False)  # fmt: skip
     parser.set_defaults(run=_train_captioner)
 

@@ -26,14 +26,14 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from kinetoscope.captioner import Captioner, CaptionerConfig, WordTokenizer
+from kinetoscope.captioner import Captioner, CaptionerConfig, PixelFrames, WordTokenizer
 from kinetoscope.checkpoint import load_config, save_json
 from kinetoscope.data.dataset import ClipDataset
 from kinetoscope.data.world import parse_caption
@@ -58,6 +58,7 @@ RESUME_FIELDS = (
     "max_area",
     "max_frames",
     "holdout",
+    "pixels",
 )
 ATTRIBUTES = ("count", "color", "shape", "size", "motion", "background", "region")
 _OBJECT_ATTRIBUTES = ("color", "shape", "size", "motion", "region")  # each a truth key too
@@ -83,6 +84,11 @@ class CaptionerTrainConfig:
     # preset does; 1 reads 8x8-pixel ones (4x the tokens), which made the DiT learn colour,
     # shape and size faster per minute (mini-fine); not yet measured for the captioner.
     patch: int = 2
+    # 0: read the VAE's latents. S > 0: read the RGB frames resized so the shorter side is S
+    # px (`PixelFrames`): each of the first 17 frames, in tokens of 2 frames x `patch` x
+    # `patch` pixels (then a pixel count: 8 at 64 px reads 8 x 8 tokens a frame pair of a
+    # square canvas). The cache then holds those frames instead of latents.
+    pixels: int = 0
     max_area: int = 256 * 256  # as the DiT trainer's, so the two share the latent cache
     max_frames: int = 49  # as the world model's DiT run: the two then share latents
     holdout: int = 200  # last clips of the manifest, never trained on, for the report
@@ -186,8 +192,12 @@ def train_captioner(
 
 def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, stop_at) -> dict:
     config, ddp, device = run.config, run.ddp, run.device
-    # 1. Latents of every clip in the cache (each rank encodes a share), and their captions.
-    vae_model = load_vae("world" if vae is None else vae).to(device).requires_grad_(False)
+    # 1. Latents (or resized frames) of every clip in the cache (each rank encodes a share),
+    #    and their captions.
+    if config.pixels:
+        vae_model = PixelFrames(config.pixels, config.patch).to(device)
+    else:
+        vae_model = load_vae("world" if vae is None else vae).to(device).requires_grad_(False)
     dataset = ClipDataset(data, max_area=config.max_area, max_frames=config.max_frames,
                           caption_level=config.level, temporal_crop="start", seed=config.seed)  # fmt: skip
     precision = ddp.agree(resolve_precision(config.precision, device) if run.main else None)
@@ -207,18 +217,21 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
     if run.checkpoint is not None:
         model = Captioner(load_config(run.checkpoint / "model", CaptionerConfig))
     elif config.init is not None:
-        model = _captioner_to_fine_tune(config.init, [captions[i] for i in train_ids], vae_model)
+        torch.manual_seed(config.seed)
+        model = _captioner_to_fine_tune(config, [captions[i] for i in train_ids], vae_model)
     else:
         tokenizer = WordTokenizer.fit([captions[i] for i in train_ids])
         torch.manual_seed(config.seed)
         model = Captioner(CaptionerConfig(
-            vocab=tokenizer.vocab, latent_channels=vae_model.config.latent_channels,
-            width=config.width, encoder_layers=config.layers, decoder_layers=config.layers,
-            patch=(1, config.patch, config.patch), canvas_features=True))  # fmt: skip
+            vocab=tokenizer.vocab, width=config.width, encoder_layers=config.layers,
+            decoder_layers=config.layers, canvas_features=True,
+            **_input_fields(config, vae_model)))  # fmt: skip
     net = run.attach(model.to(device).train(), precision=precision)
     named = vae is None or str(vae) in BUNDLED
     run.meta = {"data": run.portable(data), "level": config.level, "train": asdict(config),
                 "vae": ("world" if vae is None else str(vae)) if named else run.portable(vae)}  # fmt: skip
+    if config.pixels:
+        run.meta["vae"] = None  # it reads frames
     tokens = {i: model.tokenizer.encode(captions[i]) for i in train_ids}
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
 
@@ -290,9 +303,21 @@ def backward_in_passes(net: nn.Module, clips: list[torch.Tensor], batch: torch.T
     return total
 
 
-def _captioner_to_fine_tune(folder: str, captions: list[str], vae: VideoVAE) -> Captioner:
-    """The captioner in `folder` to fine-tune; ValueError if it cannot write these captions
-    or read this VAE's latents."""
+def _input_fields(config: CaptionerTrainConfig, vae: VideoVAE | PixelFrames) -> dict:
+    """The `CaptionerConfig` fields of what a new captioner reads: `vae`'s latents in tokens
+    of 1 x patch x patch, or frames (the first 17) in tokens of 2 x patch x patch pixels."""
+    fields = {"pixels": config.pixels, "latent_channels": vae.config.latent_channels}
+    if config.pixels:
+        return fields | {"max_latent_frames": 17, "patch": (2, config.patch, config.patch)}
+    return fields | {"patch": (1, config.patch, config.patch)}
+
+
+def _captioner_to_fine_tune(config: CaptionerTrainConfig, captions: list[str],
+                            vae: VideoVAE | PixelFrames) -> Captioner:  # fmt: skip
+    """The captioner of `config.init` to fine-tune; ValueError if it cannot write these
+    captions or read this VAE's latents. A captioner of latents starts one of pixels
+    (`--pixels`): every weight carries over but the patch embedding, which starts anew."""
+    folder = config.init
     model = Captioner.load(Path(folder).expanduser()).train()
     unknown = sorted(
         {w for c in captions for w in WordTokenizer.words(c)} - set(model.tokenizer.vocab)
@@ -302,6 +327,16 @@ def _captioner_to_fine_tune(folder: str, captions: list[str], vae: VideoVAE) -> 
             f"--init {folder} does not know the words {', '.join(unknown[:8])} of these "
             "captions; train a new captioner on them instead"
         )
+    if config.pixels and not model.config.pixels:
+        pixel_model = Captioner(replace(model.config, **_input_fields(config, vae))).train()
+        weights = {k: v for k, v in model.state_dict().items() if not k.startswith("patch_embed")}
+        pixel_model.load_state_dict(weights, strict=False)
+        pixel_model.meta = model.meta
+        return pixel_model
+    if config.pixels != model.config.pixels:
+        reads = f"{model.config.pixels}-px frames" if model.config.pixels else "latents"
+        raise ValueError(f"--init {folder} reads {reads}; pass --pixels "
+                         f"{model.config.pixels} to fine-tune it")  # fmt: skip
     if model.config.latent_channels != vae.config.latent_channels:
         raise ValueError(
             f"--init {folder} reads {model.config.latent_channels}-channel latents, this VAE "
