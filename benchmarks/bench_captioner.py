@@ -9,7 +9,8 @@ Two sets of fresh clips, drawn with `--seed` (not the training data's):
 Each clip is written as a lossless video and captioned as `kinetoscope caption` does it (read
 the file, fit it to the grid, encode it with the captioner's VAE or, for a captioner of pixels,
 resize it, decode greedily, naming no object twice); the captions are parsed back and scored
-against the clip's ground truth (`caption_accuracy`). The clips/s are those of that whole path, one file at a time.
+against the clip's ground truth (`caption_accuracy`). The clips/s are those of that whole path,
+one file at a time.
 
     python benchmarks/bench_captioner.py --model RUN [--clips 500] [--seed 9001] [--record]
 """
