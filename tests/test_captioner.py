@@ -5,6 +5,7 @@ import base64
 import io
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -275,14 +276,34 @@ def test_a_captioner_of_pixels_reads_frames_in_pairs_and_pads_an_odd_last():
     assert torch.allclose(captioner.encode([padded])[0], memory[:1], atol=1e-6)
 
 
-def test_a_captioner_of_pixels_learns_its_clips_without_a_vae(tiny_world, tmp_path):
+def test_a_stem_reads_each_frame_into_one_cell_a_token():
+    torch.manual_seed(0)
+    config = CaptionerConfig(vocab=WordTokenizer.fit(["a red circle"]).vocab, latent_channels=3,
+                             width=32, heads=2, patch=(2, 4, 4), encoder_layers=1,
+                             decoder_layers=1, max_tokens=8, max_latent_frames=17, pixels=16,
+                             stem=8)  # fmt: skip
+    captioner = Captioner(config)
+    assert [m.out_channels for m in captioner.stem if hasattr(m, "out_channels")] == [8, 16]
+    clip = torch.rand(3, 5, 16, 24) * 2 - 1
+    memory, _ = captioner.encode([clip])
+    assert memory.shape[1] == captioner.tokens_read(clip) == 3 * 4 * 6  # frame pairs x cells
+    assert captioner.patch_embed.in_features == 2 * 16  # a pair of 16-channel cells
+    with pytest.raises(ValueError, match="square power-of-two patch"):
+        Captioner(replace(config, patch=(2, 6, 6)))
+    with pytest.raises(ValueError, match="pass --pixels as well"):
+        CaptionerTrainConfig(stem=8)
+
+
+@pytest.mark.parametrize("stem", [0, 8])
+def test_a_captioner_of_pixels_learns_its_clips_without_a_vae(stem, tiny_world, tmp_path):
     manifest, _ = tiny_world
     out = tmp_path / "pixels"
-    train_captioner(manifest, out, pixels=16, patch=4, max_frames=9, steps=120, batch=5,
-                    lr=3e-3, warmup=10, width=64, layers=1, holdout=1, progress=False,
+    train_captioner(manifest, out, pixels=16, patch=4, stem=stem, max_frames=9, steps=120,
+                    batch=5, lr=3e-3, warmup=10, width=64, layers=1, holdout=1, progress=False,
                     precision="fp32")  # fmt: skip
     captioner = Captioner.load(out)
     assert captioner.config.pixels == 16 and captioner.config.patch == (2, 4, 4)
+    assert captioner.config.stem == stem
     assert captioner.meta["vae"] is None
     from kinetoscope.captioner.run import caption_files
 

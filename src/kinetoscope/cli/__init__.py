@@ -434,6 +434,8 @@ def _add_train_captioner(sub) -> None:
            "--pixels", type=_positive_int)  # fmt: skip
     option("pixels", "read RGB frames resized to this shorter side (e.g. 64, with --patch 8 "
            "and --max-frames 17) instead of the VAE's latents; 0: latents", type=_count)  # fmt: skip
+    option("stem", "with --pixels: channels of a convolutional stem over each frame (e.g. 32; "
+           "0: none)", type=_count)  # fmt: skip
     option("holdout", "clips at the manifest's end held out for the report", type=_count)
     option("pass_tokens", "padded encoder tokens a pass: a step's clips run sorted by length "
            "in passes of about this many, their gradients added", type=_positive_int,

@@ -59,6 +59,7 @@ RESUME_FIELDS = (
     "max_frames",
     "holdout",
     "pixels",
+    "stem",
 )
 ATTRIBUTES = ("count", "color", "shape", "size", "motion", "background", "region")
 _OBJECT_ATTRIBUTES = ("color", "shape", "size", "motion", "region")  # each a truth key too
@@ -89,6 +90,9 @@ class CaptionerTrainConfig:
     # `patch` pixels (then a pixel count: 8 at 64 px reads 8 x 8 tokens a frame pair of a
     # square canvas). The cache then holds those frames instead of latents.
     pixels: int = 0
+    # Channels of a convolutional stem over each frame of a captioner of pixels (0: none; a
+    # token's pixels then go through one linear layer): see `CaptionerConfig.stem`.
+    stem: int = 0
     max_area: int = 256 * 256  # as the DiT trainer's, so the two share the latent cache
     max_frames: int = 49  # as the world model's DiT run: the two then share latents
     holdout: int = 200  # last clips of the manifest, never trained on, for the report
@@ -118,6 +122,8 @@ class CaptionerTrainConfig:
             raise ValueError("batch, width, layers, patch and pass_tokens must be at least 1")
         if self.holdout < 0:
             raise ValueError(f"holdout must be >= 0, got {self.holdout}")
+        if self.stem and not self.pixels:
+            raise ValueError("a stem reads frames: pass --pixels as well as --stem")
 
 
 def caption_accuracy(captions: list[str], truths: list[dict]) -> dict[str, float]:
@@ -308,7 +314,8 @@ def _input_fields(config: CaptionerTrainConfig, vae: VideoVAE | PixelFrames) -> 
     of 1 x patch x patch, or frames (the first 17) in tokens of 2 x patch x patch pixels."""
     fields = {"pixels": config.pixels, "latent_channels": vae.config.latent_channels}
     if config.pixels:
-        return fields | {"max_latent_frames": 17, "patch": (2, config.patch, config.patch)}
+        return fields | {"max_latent_frames": 17, "patch": (2, config.patch, config.patch),
+                         "stem": config.stem}  # fmt: skip
     return fields | {"patch": (1, config.patch, config.patch)}
 
 
