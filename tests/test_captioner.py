@@ -292,6 +292,10 @@ def test_a_stem_reads_each_frame_into_one_cell_a_token():
         Captioner(replace(config, patch=(2, 6, 6)))
     with pytest.raises(ValueError, match="pass --pixels as well"):
         CaptionerTrainConfig(stem=8)
+    with pytest.raises(ValueError, match="must be a multiple of --patch 8"):
+        CaptionerTrainConfig(pixels=60, patch=8)
+    with pytest.raises(ValueError, match="--patch must be 2, 4, 8"):
+        CaptionerTrainConfig(pixels=60, patch=6, stem=8)
 
 
 @pytest.mark.parametrize("stem", [0, 8])

@@ -124,6 +124,11 @@ class CaptionerTrainConfig:
             raise ValueError(f"holdout must be >= 0, got {self.holdout}")
         if self.stem and not self.pixels:
             raise ValueError("a stem reads frames: pass --pixels as well as --stem")
+        if self.pixels % self.patch:
+            raise ValueError(f"--pixels {self.pixels} must be a multiple of --patch {self.patch}")
+        if self.stem and self.patch & (self.patch - 1):
+            raise ValueError(f"a stem halves each frame: --patch must be 2, 4, 8, ..., got "
+                             f"{self.patch}")  # fmt: skip
 
 
 def caption_accuracy(captions: list[str], truths: list[dict]) -> dict[str, float]:
