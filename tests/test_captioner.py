@@ -320,7 +320,7 @@ def test_a_captioner_of_pixels_learns_its_clips_without_a_vae(stem, tiny_world, 
 def test_a_captioner_of_latents_starts_one_of_pixels_but_for_its_patch_embedding(
     trained, tiny_world, tmp_path
 ):
-    manifest, _ = tiny_world
+    manifest, vae = tiny_world
     run = {"steps": 1, "batch": 3, "holdout": 1, "warmup": 1, "precision": "fp32",
            "progress": False, "pixels": 16, "patch": 4, "max_frames": 9}  # fmt: skip
     train_captioner(manifest, tmp_path / "pixels", init=trained, lr=1e-9, **run)
@@ -330,6 +330,8 @@ def test_a_captioner_of_latents_starts_one_of_pixels_but_for_its_patch_embedding
     start, end = latents.state_dict(), pixels.state_dict()
     carried = [k for k in start if not k.startswith("patch_embed")]
     assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in carried)
+    with pytest.raises(ValueError, match="drop --vae"):
+        train_captioner(manifest, tmp_path / "both", vae=vae, lr=1e-3, **run)
     # A captioner of pixels fine-tunes only as one of pixels of its own size.
     with pytest.raises(ValueError, match="pass --pixels 16"):
         train_captioner(manifest, tmp_path / "refused", init=tmp_path / "pixels", lr=1e-3,

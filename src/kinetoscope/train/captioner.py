@@ -189,6 +189,8 @@ def train_captioner(
     (default: the bundled world VAE). Returns the report (and the run's summary) on every
     rank; a call that stops at `stop_at` returns {"steps": N, "stopped": True}."""
     config = configure(CaptionerTrainConfig, config, overrides)
+    if config.pixels and vae is not None:
+        raise ValueError(f"--pixels reads the frames, not a VAE's latents: drop --vae {vae}")
     if resume and (Path(out) / CHECKPOINT / "state.json").is_file():
         raise ValueError(
             f"{out} was written by an earlier train-captioner, which cannot --resume; its "
@@ -242,7 +244,7 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
     run.meta = {"data": run.portable(data), "level": config.level, "train": asdict(config),
                 "vae": ("world" if vae is None else str(vae)) if named else run.portable(vae)}  # fmt: skip
     if config.pixels:
-        run.meta["vae"] = None  # it reads frames
+        run.meta["vae"] = None  # it reads frames: no VAE to name
     tokens = {i: model.tokenizer.encode(captions[i]) for i in train_ids}
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
 
