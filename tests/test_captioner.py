@@ -236,6 +236,26 @@ def test_init_fine_tunes_a_trained_captioner_and_refuses_one_that_lacks_the_word
         train_captioner(manifest, tmp_path / "refused", init=tmp_path / "narrow", **run)
 
 
+def test_init_grows_the_encoder_by_layers_that_start_as_the_identity(
+    trained, tiny_world, tmp_path
+):
+    manifest, vae = tiny_world
+    run = {"vae": vae, "steps": 1, "batch": 3, "holdout": 1, "warmup": 1, "precision": "fp32",
+           "progress": False}  # fmt: skip
+    train_captioner(manifest, tmp_path / "deeper", init=trained, lr=1e-9, encoder_layers=3, **run)
+    before, after = Captioner.load(trained), Captioner.load(tmp_path / "deeper")
+    assert (before.config.encoder_layers, after.config.encoder_layers) == (1, 3)
+    assert after.config.decoder_layers == before.config.decoder_layers
+    latent = torch.randn(before.config.latent_channels, 3, 4, 6)
+    (states, _), (grown, _) = before.encode([latent]), after.encode([latent])
+    assert torch.allclose(states, grown, atol=1e-5)  # the new layers add nothing yet
+    assert before.caption([latent]) == after.caption([latent])
+    assert len(list(after.encoder.parameters())) == 3 * len(list(before.encoder.parameters()))
+    with pytest.raises(ValueError, match="cannot drop any"):
+        train_captioner(manifest, tmp_path / "shallower", init=tmp_path / "deeper",
+                        encoder_layers=2, **run)  # fmt: skip
+
+
 @pytest.mark.parametrize("patch", [(1, 2, 2), (1, 1, 1)])
 def test_the_captioner_reads_clips_of_any_size(patch):
     torch.manual_seed(0)

@@ -430,6 +430,8 @@ def _add_train_captioner(sub) -> None:
     option("level", "caption level to learn")
     option("width", "model width", type=_positive_int)
     option("layers", "layers each side", type=_positive_int)
+    option("encoder_layers", "encoder layers, where not --layers (0: as --layers); above an "
+           "--init's own, layers are added that start as the identity", type=_count)  # fmt: skip
     option("patch", "spatial patch side in latent pixels (1: 8-px tokens), or in pixels with "
            "--pixels", type=_positive_int)  # fmt: skip
     option("pixels", "read RGB frames resized to this shorter side (e.g. 64, with --patch 8 "

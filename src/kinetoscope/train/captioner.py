@@ -54,6 +54,7 @@ RESUME_FIELDS = (
     "level",
     "width",
     "layers",
+    "encoder_layers",
     "patch",
     "max_area",
     "max_frames",
@@ -81,6 +82,10 @@ class CaptionerTrainConfig:
     level: str = "long"  # the most descriptive ground truth: start regions and motions too
     width: int = 256  # model width (CaptionerConfig's)
     layers: int = 3  # encoder and decoder each
+    # Encoder layers, where not `layers` (0: as `layers`). With `init`, more than its own
+    # appends layers that start as the identity (their output projections zero): the
+    # fine-tune starts from its captions with more depth to read the video.
+    encoder_layers: int = 0
     # Spatial patch side in latent pixels: 2 reads 16x16-pixel tokens as the DiT's mini
     # preset does; 1 reads 8x8-pixel ones (4x the tokens), which made the DiT learn colour,
     # shape and size faster per minute (mini-fine); not yet measured for the captioner.
@@ -122,6 +127,8 @@ class CaptionerTrainConfig:
             raise ValueError("batch, width, layers, patch and pass_tokens must be at least 1")
         if self.holdout < 0:
             raise ValueError(f"holdout must be >= 0, got {self.holdout}")
+        if self.encoder_layers < 0:
+            raise ValueError(f"encoder_layers must be >= 0, got {self.encoder_layers}")
         if self.stem and not self.pixels:
             raise ValueError("a stem reads frames: pass --pixels as well as --stem")
         if self.pixels % self.patch:
@@ -236,7 +243,8 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
         tokenizer = WordTokenizer.fit([captions[i] for i in train_ids])
         torch.manual_seed(config.seed)
         model = Captioner(CaptionerConfig(
-            vocab=tokenizer.vocab, width=config.width, encoder_layers=config.layers,
+            vocab=tokenizer.vocab, width=config.width,
+            encoder_layers=config.encoder_layers or config.layers,
             decoder_layers=config.layers, canvas_features=True,
             **_input_fields(config, vae_model)))  # fmt: skip
     net = run.attach(model.to(device).train(), precision=precision)
@@ -346,7 +354,7 @@ def _captioner_to_fine_tune(config: CaptionerTrainConfig, captions: list[str],
         weights = {k: v for k, v in model.state_dict().items() if not k.startswith("patch_embed")}
         pixel_model.load_state_dict(weights, strict=False)
         pixel_model.meta = model.meta
-        return pixel_model
+        return _deepened(pixel_model, config.encoder_layers, folder)
     if config.pixels != model.config.pixels:
         reads = f"{model.config.pixels}-px frames" if model.config.pixels else "latents"
         raise ValueError(f"--init {folder} reads {reads}; pass --pixels "
@@ -356,7 +364,27 @@ def _captioner_to_fine_tune(config: CaptionerTrainConfig, captions: list[str],
             f"--init {folder} reads {model.config.latent_channels}-channel latents, this VAE "
             f"gives {vae.config.latent_channels}"
         )
-    return model
+    return _deepened(model, config.encoder_layers, folder)
+
+
+def _deepened(model: Captioner, encoder_layers: int, folder: str) -> Captioner:
+    """`model` with its encoder grown to `encoder_layers` (0 or its own: unchanged): layers
+    appended after its own, each starting as the identity (pre-norm residual layers whose
+    attention and feed-forward outputs are zero), so it captions exactly as before."""
+    have = model.config.encoder_layers
+    if encoder_layers in (0, have):
+        return model
+    if encoder_layers < have:
+        raise ValueError(f"--init {folder} has {have} encoder layers; --encoder-layers "
+                         f"{encoder_layers} cannot drop any (pass {have} or more)")  # fmt: skip
+    deeper = Captioner(replace(model.config, encoder_layers=encoder_layers)).train()
+    deeper.load_state_dict(model.state_dict(), strict=False)
+    for layer in deeper.encoder.layers[have:]:
+        for output in (layer.self_attn.out_proj, layer.linear2):
+            nn.init.zeros_(output.weight)
+            nn.init.zeros_(output.bias)
+    deeper.meta = model.meta
+    return deeper
 
 
 def evaluate_captioner(model: Captioner, latents: LatentCache, dataset: ClipDataset,
