@@ -236,9 +236,7 @@ def test_init_fine_tunes_a_trained_captioner_and_refuses_one_that_lacks_the_word
         train_captioner(manifest, tmp_path / "refused", init=tmp_path / "narrow", **run)
 
 
-def test_init_grows_the_encoder_by_layers_that_start_as_the_identity(
-    trained, tiny_world, tmp_path
-):
+def test_init_grows_the_encoder_by_layers_that_start_as_the_identity(trained, tiny_world, tmp_path):
     manifest, vae = tiny_world
     run = {"vae": vae, "steps": 1, "batch": 3, "holdout": 1, "warmup": 1, "precision": "fp32",
            "progress": False}  # fmt: skip
