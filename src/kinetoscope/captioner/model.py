@@ -128,6 +128,8 @@ class PixelFrames(nn.Module):
     keeps every frame (the VAE codes frames 1-4 together). It offers the calls the latent
     cache and the file reader make of a VAE (`encode`, `moments`, `latent_size`)."""
 
+    cache_label = "resize frames"  # the latent cache's progress bar: no VAE runs
+
     def __init__(self, side: int, multiple: int) -> None:
         super().__init__()
         if side < multiple or side % multiple:

@@ -171,7 +171,8 @@ class LatentCache:
         indices = list(range(len(self.dataset))) if indices is None else indices
         self.vae.eval()
         cached = []
-        for index in tqdm(indices, desc="encode latents", unit="clip", disable=not progress):
+        desc = getattr(self.vae, "cache_label", "encode latents")  # what the bar says it does
+        for index in tqdm(indices, desc=desc, unit="clip", disable=not progress):
             if self._read(index) is not None or self.encode(index, device):
                 cached.append(index)
         return cached
