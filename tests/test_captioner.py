@@ -15,11 +15,11 @@ from PIL import Image
 
 from kinetoscope.captioner import Captioner, CaptionerConfig, PixelFrames, WordTokenizer
 from kinetoscope.captioner.endpoint import EndpointCaptioner
-from kinetoscope.captioner.model import _DistinctObjects
-from kinetoscope.captioner.run import GENERATED, recaption
+from kinetoscope.captioner.model import OBJECT_CLASSES, _DistinctObjects
+from kinetoscope.captioner.run import GENERATED, fitted_latent, recaption
 from kinetoscope.cli import main
 from kinetoscope.data.manifest import read_manifest
-from kinetoscope.io import write_video
+from kinetoscope.io import read_video, write_video
 from kinetoscope.train.captioner import (
     CaptionerTrainConfig,
     _passes,
@@ -236,22 +236,56 @@ def test_init_fine_tunes_a_trained_captioner_and_refuses_one_that_lacks_the_word
         train_captioner(manifest, tmp_path / "refused", init=tmp_path / "narrow", **run)
 
 
-def test_init_grows_the_encoder_by_layers_that_start_as_the_identity(trained, tiny_world, tmp_path):
+def test_init_grows_the_encoder_and_adds_object_heads_yet_captions_as_before(
+    trained, tiny_world, tmp_path
+):
     manifest, vae = tiny_world
     run = {"vae": vae, "steps": 1, "batch": 3, "holdout": 1, "warmup": 1, "precision": "fp32",
            "progress": False}  # fmt: skip
-    train_captioner(manifest, tmp_path / "deeper", init=trained, lr=1e-9, encoder_layers=3, **run)
+    train_captioner(manifest, tmp_path / "deeper", init=trained, lr=1e-9, encoder_layers=3,
+                    object_loss=1.0, **run)  # fmt: skip
     before, after = Captioner.load(trained), Captioner.load(tmp_path / "deeper")
     assert (before.config.encoder_layers, after.config.encoder_layers) == (1, 3)
     assert after.config.decoder_layers == before.config.decoder_layers
+    assert after.object_heads is not None and before.object_heads is None
     latent = torch.randn(before.config.latent_channels, 3, 4, 6)
     (states, _), (grown, _) = before.encode([latent]), after.encode([latent])
     assert torch.allclose(states, grown, atol=1e-5)  # the new layers add nothing yet
     assert before.caption([latent]) == after.caption([latent])
     assert len(list(after.encoder.parameters())) == 3 * len(list(before.encoder.parameters()))
+    # Heads train only with their loss: a fine-tune without it drops them.
+    train_captioner(manifest, tmp_path / "headless", init=tmp_path / "deeper", lr=1e-9, **run)
+    assert Captioner.load(tmp_path / "headless").object_heads is None
     with pytest.raises(ValueError, match="cannot drop any"):
         train_captioner(manifest, tmp_path / "shallower", init=tmp_path / "deeper",
                         encoder_layers=2, **run)  # fmt: skip
+
+
+def test_object_heads_learn_each_object_where_it_starts(tiny_world, tmp_path):
+    manifest, vae = tiny_world
+    train_captioner(manifest, tmp_path / "heads", vae=vae, steps=60, batch=5, lr=3e-3,
+                    warmup=5, width=64, layers=1, patch=1, holdout=1, object_loss=1.0,
+                    progress=False, precision="fp32")  # fmt: skip
+    rows = read_metrics(tmp_path / "heads")
+    first, last = rows[0]["object_loss"], np.mean([r["object_loss"] for r in rows[-5:]])
+    assert last < 0.25 * first, (first, last)
+    # On the training clips, the colour head names each object at the token where it starts.
+    model = Captioner.load(tmp_path / "heads")
+    records = read_manifest(manifest)[:-1]
+    right, named = 0, 0
+    for record in records:
+        truth = json.loads(Path(record.truth).read_text())
+        latent = fitted_latent(load_vae(vae), read_video(record.path, max_frames=9), 9)
+        tokens = [model.object_token(latent, *o["start"]) for o in truth["objects"]]
+        at = (torch.zeros(len(tokens), dtype=torch.long), torch.tensor(tokens))
+        with torch.no_grad():
+            _, heads = model([latent], torch.ones(1, 1, dtype=torch.long), at)
+        for o, color in zip(truth["objects"], heads["color"].argmax(-1).tolist(), strict=True):
+            right += OBJECT_CLASSES["color"][color] == o["color"]
+            named += 1
+    assert right >= 0.8 * named, (right, named)
+    with pytest.raises(ValueError, match="object_loss must be >= 0"):
+        CaptionerTrainConfig(object_loss=-1)
 
 
 @pytest.mark.parametrize("patch", [(1, 2, 2), (1, 1, 1)])

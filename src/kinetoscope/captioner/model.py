@@ -31,13 +31,21 @@ from kinetoscope.checkpoint import (
     resolve_model_folder,
     save_model,
 )
-from kinetoscope.data.world.palette import COLORS, SHAPES
+from kinetoscope.data.world.palette import COLORS, MOTIONS, REGIONS, SHAPES, SIZES
 from kinetoscope.data.world.parse import names_new_object
 from kinetoscope.vae import BUNDLED
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 BUNDLED_CAPTIONER = Path(__file__).resolve().parents[1] / "weights" / "world-captioner"
 _TOKEN = re.compile(r"[a-z]+(?:-[a-z]+)?|[.,;:]")
+# What the object heads name of the object whose centre starts in a token (`Captioner.objects`).
+OBJECT_CLASSES: dict[str, tuple[str, ...]] = {
+    "color": tuple(COLORS),
+    "shape": SHAPES,
+    "size": tuple(SIZES),
+    "motion": MOTIONS,
+    "region": tuple(r for row in REGIONS for r in row),
+}
 
 
 class WordTokenizer:
@@ -105,6 +113,11 @@ class CaptionerConfig:
     # cell of its last map; early convolutions let a transformer learn shapes from far fewer
     # images (Xiao et al. 2021).
     stem: int = 0
+    # Linear heads over the encoder's states naming each attribute of the object whose centre
+    # starts in a first-frame token (`OBJECT_CLASSES`): a training aid (`--object-loss`) that
+    # tells the encoder, object by object, what the caption's few words of it say. Captions
+    # never read them.
+    object_heads: bool = False
 
     def __post_init__(self) -> None:
         if self.width % self.heads or (self.width // 3) < 2:
@@ -290,6 +303,10 @@ class Captioner(nn.Module):
             self.stem, features = nn.Sequential(*layers), channels
         self.patch_embed = nn.Linear(features * pt, d)
         self.canvas_embed = nn.Linear(4, d) if config.canvas_features else None
+        self.object_heads = (
+            nn.ModuleDict({name: nn.Linear(d, len(c)) for name, c in OBJECT_CLASSES.items()})
+            if config.object_heads else None
+        )  # fmt: skip
         layer = dict(d_model=d, nhead=config.heads, dim_feedforward=4 * d, dropout=0.0,
                      batch_first=True, norm_first=True)  # fmt: skip
         self.encoder = nn.TransformerEncoder(
@@ -346,10 +363,26 @@ class Captioner(nn.Module):
             h = h + self.canvas_embed(canvas_features(where, pad))
         return self.encoder(h, src_key_padding_mask=pad), pad
 
-    def forward(self, latents: list[Tensor], tokens: Tensor) -> Tensor:
-        """Next-token logits (B, S, V) for caption tokens (B, S) (teacher forcing)."""
+    def forward(self, latents: list[Tensor], tokens: Tensor,
+                objects: tuple[Tensor, Tensor] | None = None) -> Tensor | tuple[Tensor, dict]:  # fmt: skip
+        """Next-token logits (B, S, V) for caption tokens (B, S) (teacher forcing); with
+        `objects`, (clip, token) positions (N,) each, also the object heads' logits
+        {attribute: (N, classes)} at those encoder tokens."""
         memory, pad = self.encode(latents)
-        return self._decode(tokens, memory, pad)
+        logits = self._decode(tokens, memory, pad)
+        if objects is None:
+            return logits
+        if self.object_heads is None:
+            raise ValueError("this captioner has no object heads (train it with --object-loss)")
+        states = memory[objects[0], objects[1]]  # (N, D)
+        return logits, {name: head(states) for name, head in self.object_heads.items()}
+
+    def object_token(self, latent: Tensor, x: float, y: float) -> int:
+        """The encoder position of the first-frame token holding the point (x, y), fractions
+        of the width and height, in a latent (c, t, h, w)."""
+        _, _, h, w = latent.shape
+        rows, columns = h // self.config.patch[1], w // self.config.patch[2]
+        return min(int(y * rows), rows - 1) * columns + min(int(x * columns), columns - 1)
 
     def _decode(self, tokens: Tensor, memory: Tensor, pad: Tensor) -> Tensor:
         s = tokens.shape[1]
@@ -407,6 +440,7 @@ class Captioner(nn.Module):
 
 
 __all__ = [
+    "OBJECT_CLASSES",
     "Captioner",
     "CaptionerConfig",
     "PixelFrames",

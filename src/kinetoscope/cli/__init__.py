@@ -432,6 +432,9 @@ def _add_train_captioner(sub) -> None:
     option("layers", "layers each side", type=_positive_int)
     option("encoder_layers", "encoder layers, where not --layers (0: as --layers); above an "
            "--init's own, layers are added that start as the identity", type=_count)  # fmt: skip
+    option("object_loss", "weight of heads that name each object's attributes at the encoder "
+           "token where it starts (world clips' truth files; 0: none), as caption words",
+           type=float)  # fmt: skip
     option("patch", "spatial patch side in latent pixels (1: 8-px tokens), or in pixels with "
            "--pixels", type=_positive_int)  # fmt: skip
     option("pixels", "read RGB frames resized to this shorter side (e.g. 64, with --patch 8 "

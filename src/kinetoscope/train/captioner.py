@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from kinetoscope.captioner import Captioner, CaptionerConfig, PixelFrames, WordTokenizer
+from kinetoscope.captioner.model import OBJECT_CLASSES
 from kinetoscope.checkpoint import load_config, save_json
 from kinetoscope.data.dataset import ClipDataset
 from kinetoscope.data.world import parse_caption
@@ -55,6 +56,7 @@ RESUME_FIELDS = (
     "width",
     "layers",
     "encoder_layers",
+    "object_loss",
     "patch",
     "max_area",
     "max_frames",
@@ -86,6 +88,11 @@ class CaptionerTrainConfig:
     # appends layers that start as the identity (their output projections zero): the
     # fine-tune starts from its captions with more depth to read the video.
     encoder_layers: int = 0
+    # Weight of the object heads' loss (`CaptionerConfig.object_heads`; 0: no heads): each
+    # attribute of each object weighs as much as this many caption words. A caption spends
+    # one word of about a hundred on an object's motion; the heads ask the encoder for every
+    # object's attributes at the token where it starts.
+    object_loss: float = 0.0
     # Spatial patch side in latent pixels: 2 reads 16x16-pixel tokens as the DiT's mini
     # preset does; 1 reads 8x8-pixel ones (4x the tokens), which made the DiT learn colour,
     # shape and size faster per minute (mini-fine); not yet measured for the captioner.
@@ -127,8 +134,9 @@ class CaptionerTrainConfig:
             raise ValueError("batch, width, layers, patch and pass_tokens must be at least 1")
         if self.holdout < 0:
             raise ValueError(f"holdout must be >= 0, got {self.holdout}")
-        if self.encoder_layers < 0:
-            raise ValueError(f"encoder_layers must be >= 0, got {self.encoder_layers}")
+        if self.encoder_layers < 0 or self.object_loss < 0:
+            raise ValueError("encoder_layers and object_loss must be >= 0, got "
+                             f"{self.encoder_layers} and {self.object_loss}")  # fmt: skip
         if self.stem and not self.pixels:
             raise ValueError("a stem reads frames: pass --pixels as well as --stem")
         if self.pixels % self.patch:
@@ -245,6 +253,7 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
         model = Captioner(CaptionerConfig(
             vocab=tokenizer.vocab, width=config.width,
             encoder_layers=config.encoder_layers or config.layers,
+            object_heads=config.object_loss > 0,
             decoder_layers=config.layers, canvas_features=True,
             **_input_fields(config, vae_model)))  # fmt: skip
     net = run.attach(model.to(device).train(), precision=precision)
@@ -254,6 +263,7 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
     if config.pixels:
         run.meta["vae"] = None  # it reads frames: no VAE to name
     tokens = {i: model.tokenizer.encode(captions[i]) for i in train_ids}
+    objects = {i: _object_targets(dataset, i) for i in train_ids} if config.object_loss else None
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
 
     # 3. The loop.
@@ -273,11 +283,23 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
         # Every rank runs as many passes (FSDP gathers the weights in each): one with fewer
         # repeats its last pass at weight 0.
         count = int(ddp.all_reduce(torch.tensor(len(passes), device=device), "max"))
-        total = backward_in_passes(net, clips, batch, passes, count, ddp.world_size / words,
-                                   autocast)  # fmt: skip
+        heads = None
+        if objects is not None:  # (token, classes) of each object of each clip
+            heads = [[(model.object_token(z, x, y), classes) for x, y, classes in objects[i]]
+                     for z, i in zip(clips, mine, strict=True)]  # fmt: skip
+        total, object_total = backward_in_passes(
+            net, clips, batch, passes, count, ddp.world_size / words, autocast,
+            objects=heads, object_weight=config.object_loss,
+        )  # fmt: skip
         loss = float(ddp.all_reduce(total.double())) / words
         run.update(math.isfinite(loss))
-        run.log(run.end_step(loss, {"clips": len(chosen)}))
+        row = {"clips": len(chosen)}
+        if objects is not None:  # the heads' mean loss per object attribute
+            named = ddp.all_reduce(torch.tensor(float(sum(map(len, heads))), device=device))
+            row["object_loss"] = float(ddp.all_reduce(object_total.double())) / max(
+                1.0, float(named) * len(OBJECT_CLASSES)
+            )
+        run.log(run.end_step(loss, row))
         run.save_if_due()
 
     # 4. The report on the held-out clips, from the whole model on rank 0.
@@ -303,25 +325,72 @@ def _passes(lengths: list[int], budget: int) -> list[list[int]]:
 
 def backward_in_passes(net: nn.Module, clips: list[torch.Tensor], batch: torch.Tensor,
                        passes: list[list[int]], count: int, scale: float,
-                       autocast: contextlib.AbstractContextManager) -> torch.Tensor:  # fmt: skip
+                       autocast: contextlib.AbstractContextManager,
+                       objects: list[list[tuple[int, list[int]]]] | None = None,
+                       object_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Forward and backward of a step's `clips` (latents) and caption tokens `batch` (B, S) in
     `passes` (`_passes`), each pass's summed word loss times `scale` (backward adds the
-    gradients); the summed loss, detached. Runs `count` passes, repeating the last at weight 0
-    past `len(passes)`, so every rank runs as many; gradients are reduced over ranks on the
-    last."""
+    gradients). With `objects`, each clip's (encoder token, class per `OBJECT_CLASSES`, -1:
+    none) of every object, the object heads' summed loss times `object_weight` is added.
+    Runs `count` passes, repeating the last at weight 0 past `len(passes)`, so every rank
+    runs as many; gradients are reduced over ranks on the last. Returns the summed word loss
+    and object loss, detached."""
     targets = batch[:, 1:]
     total = torch.zeros((), device=batch.device)
+    object_total = torch.zeros((), device=batch.device)
     for k in range(count):
-        rows = passes[min(k, len(passes) - 1)]
+        rows, live = passes[min(k, len(passes) - 1)], k < len(passes)
+        where = None if objects is None else _object_batch(objects, rows, batch.device)
         with gradient_sync(net, enabled=k == count - 1):
             with autocast:
-                logits = net([clips[j] for j in rows], batch[rows, :-1])  # (b, S-1, V)
+                out = net([clips[j] for j in rows], batch[rows, :-1], *where[:1] if where else ())
+            logits, named = out if where is not None else (out, None)  # (b, S-1, V)
             part = nn.functional.cross_entropy(logits.float().flatten(0, 1),
                                                targets[rows].flatten(), ignore_index=0,
-                                               reduction="sum") * (k < len(passes))  # fmt: skip
-            (part * scale).backward()
+                                               reduction="sum") * live  # fmt: skip
+            heads = _object_loss(named, where[1]) * live if named else torch.zeros_like(part)
+            ((part + object_weight * heads) * scale).backward()
         total += part.detach()
-    return total
+        object_total += heads.detach()
+    return total, object_total
+
+
+def _object_loss(named: dict[str, torch.Tensor], classes: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of the object heads' logits {attribute: (N, classes)} against
+    `classes` (N, attributes in `OBJECT_CLASSES` order; -1 is ignored)."""
+    return sum(
+        nn.functional.cross_entropy(
+            named[name].float(), classes[:, a], ignore_index=-1, reduction="sum"
+        )
+        for a, name in enumerate(OBJECT_CLASSES)
+    )
+
+
+def _object_batch(objects: list[list[tuple[int, list[int]]]], rows: list[int],
+                  device: torch.device) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:  # fmt: skip
+    """((clip in pass, token) positions (N,) each, classes (N, attributes)) of the objects of
+    clips `rows`."""
+    found = [(r, token, classes) for r, j in enumerate(rows) for token, classes in objects[j]]
+    if not found:  # no objects in this pass: one position, every class ignored
+        found = [(0, 0, [-1] * len(OBJECT_CLASSES))]
+    clip, token, classes = zip(*found, strict=True)
+    positions = (torch.tensor(clip, device=device), torch.tensor(token, device=device))
+    return positions, torch.tensor(classes, device=device)
+
+
+def _object_targets(dataset: ClipDataset, index: int) -> list[tuple[float, float, list[int]]]:
+    """(x, y, class per `OBJECT_CLASSES`) of each object of clip `index`: where its centre
+    starts, as fractions of the canvas, and its attributes (motion -1, none, in an image)."""
+    record = dataset.records[index]
+    if record.truth is None:
+        raise ValueError(f"--object-loss reads world clips' truth files; {record.path} has none")
+    truth = json.loads(Path(record.truth).read_text())
+    found = []
+    for o in truth["objects"]:
+        classes = [names.index(o[name]) if name != "motion" or truth["frames"] > 1 else -1
+                   for name, names in OBJECT_CLASSES.items()]  # fmt: skip
+        found.append((*o["start"], classes))
+    return found
 
 
 def _input_fields(config: CaptionerTrainConfig, vae: VideoVAE | PixelFrames) -> dict:
@@ -354,7 +423,7 @@ def _captioner_to_fine_tune(config: CaptionerTrainConfig, captions: list[str],
         weights = {k: v for k, v in model.state_dict().items() if not k.startswith("patch_embed")}
         pixel_model.load_state_dict(weights, strict=False)
         pixel_model.meta = model.meta
-        return _deepened(pixel_model, config.encoder_layers, folder)
+        return _grown(pixel_model, config, folder)
     if config.pixels != model.config.pixels:
         reads = f"{model.config.pixels}-px frames" if model.config.pixels else "latents"
         raise ValueError(f"--init {folder} reads {reads}; pass --pixels "
@@ -364,27 +433,30 @@ def _captioner_to_fine_tune(config: CaptionerTrainConfig, captions: list[str],
             f"--init {folder} reads {model.config.latent_channels}-channel latents, this VAE "
             f"gives {vae.config.latent_channels}"
         )
-    return _deepened(model, config.encoder_layers, folder)
+    return _grown(model, config, folder)
 
 
-def _deepened(model: Captioner, encoder_layers: int, folder: str) -> Captioner:
-    """`model` with its encoder grown to `encoder_layers` (0 or its own: unchanged): layers
-    appended after its own, each starting as the identity (pre-norm residual layers whose
-    attention and feed-forward outputs are zero), so it captions exactly as before."""
+def _grown(model: Captioner, config: CaptionerTrainConfig, folder: str) -> Captioner:
+    """`model` with what `config` adds to it: encoder layers up to `encoder_layers` (0: its
+    own), appended after its own and each starting as the identity (pre-norm residual layers
+    whose attention and feed-forward outputs are zero), and object heads if and only if
+    `object_loss` (they only train). Either way it captions exactly as before."""
     have = model.config.encoder_layers
-    if encoder_layers in (0, have):
-        return model
-    if encoder_layers < have:
+    layers = config.encoder_layers or have
+    if layers < have:
         raise ValueError(f"--init {folder} has {have} encoder layers; --encoder-layers "
-                         f"{encoder_layers} cannot drop any (pass {have} or more)")  # fmt: skip
-    deeper = Captioner(replace(model.config, encoder_layers=encoder_layers)).train()
-    deeper.load_state_dict(model.state_dict(), strict=False)
-    for layer in deeper.encoder.layers[have:]:
+                         f"{layers} cannot drop any (pass {have} or more)")  # fmt: skip
+    heads = config.object_loss > 0
+    if (layers, heads) == (have, model.config.object_heads):
+        return model
+    grown = Captioner(replace(model.config, encoder_layers=layers, object_heads=heads)).train()
+    grown.load_state_dict(model.state_dict(), strict=False)
+    for layer in grown.encoder.layers[have:]:
         for output in (layer.self_attn.out_proj, layer.linear2):
             nn.init.zeros_(output.weight)
             nn.init.zeros_(output.bias)
-    deeper.meta = model.meta
-    return deeper
+    grown.meta = model.meta
+    return grown
 
 
 def evaluate_captioner(model: Captioner, latents: LatentCache, dataset: ClipDataset,
