@@ -38,7 +38,7 @@ from kinetoscope.vae import BUNDLED
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 BUNDLED_CAPTIONER = Path(__file__).resolve().parents[1] / "weights" / "world-captioner"
 _TOKEN = re.compile(r"[a-z]+(?:-[a-z]+)?|[.,;:]")
-# What the object heads name of the object whose centre starts in a token (`Captioner.objects`).
+# What the object heads name of the object whose centre starts in a token (`Captioner.forward`).
 OBJECT_CLASSES: dict[str, tuple[str, ...]] = {
     "color": tuple(COLORS),
     "shape": SHAPES,
