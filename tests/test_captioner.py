@@ -15,8 +15,8 @@ from PIL import Image
 
 from kinetoscope.captioner import Captioner, CaptionerConfig, PixelFrames, WordTokenizer
 from kinetoscope.captioner.endpoint import EndpointCaptioner
-from kinetoscope.captioner.model import OBJECT_CLASSES, LeadImages, _DistinctObjects
-from kinetoscope.captioner.run import GENERATED, caption_files, fitted_latent, recaption
+from kinetoscope.captioner.model import OBJECT_CLASSES, _DistinctObjects
+from kinetoscope.captioner.run import GENERATED, fitted_latent, recaption
 from kinetoscope.cli import main
 from kinetoscope.data.manifest import read_manifest
 from kinetoscope.io import read_video, write_video
@@ -286,56 +286,6 @@ def test_object_heads_learn_each_object_where_it_starts(tiny_world, tmp_path):
     assert right >= 0.8 * named, (right, named)
     with pytest.raises(ValueError, match="object_loss must be >= 0"):
         CaptionerTrainConfig(object_loss=-1)
-
-
-def test_lead_images_code_the_first_frames_one_by_one_and_keep_the_later_groups(tiny_world):
-    vae = load_vae(tiny_world[1])
-    lead = LeadImages(vae, 4)
-    torch.manual_seed(0)
-    for frames in (1, 5, 13):
-        video = torch.rand(2, 3, frames, 32, 48) * 2 - 1
-        with torch.no_grad():
-            plain, read = vae.encode(video), lead.encode(video)
-            mean, logvar = lead.moments(video)
-        assert read.shape[2:] == lead.latent_size(frames, 32, 48)
-        assert mean.shape == logvar.shape == read.shape
-        assert torch.equal(read[:, :, 0], plain[:, :, 0])
-        if frames == 1:
-            continue
-        assert read.shape[2] == plain.shape[2] + 3  # one group of 4 became 4 images
-        assert torch.equal(read[:, :, 5:], plain[:, :, 2:])  # the later groups as they were
-        with torch.no_grad():
-            image = vae.encode(video[:, :, 3:4])  # frame 3 coded alone
-        assert torch.allclose(read[:, :, 3], image[:, :, 0], atol=1e-5)
-    with pytest.raises(ValueError, match="multiple of 4"):
-        LeadImages(vae, 3)
-
-
-def test_a_captioner_with_lead_images_trains_reads_them_in_time_and_captions_files(
-    trained, tiny_world, tmp_path
-):
-    manifest, vae = tiny_world
-    train_captioner(manifest, tmp_path / "lead", init=trained, lead_images=4, vae=vae, steps=2,
-                    batch=3, holdout=1, warmup=1, lr=1e-3, progress=False, precision="fp32")  # fmt: skip
-    model = Captioner.load(tmp_path / "lead")
-    assert model.config.lead_images == 4 and Captioner.load(trained).config.lead_images == 0
-    # Frame j of the lead sits at j / 4, where a group of 4 sits at its index.
-    assert model.frame_times(7).tolist() == [0, 0.25, 0.5, 0.75, 1, 2, 3]
-    assert model.latent_frames_read() == model.config.max_latent_frames + 3
-    # Its files are read the way it trained: the captions come out of its own latents.
-    record = read_manifest(manifest)[0]
-    frames = model.frames_read()
-    latent = fitted_latent(LeadImages(load_vae(vae), 4), read_video(record.path), frames)
-    [(_, text)] = caption_files(model, [record.path], vae=load_vae(vae))
-    assert text == model.caption([latent])[0]
-    # Its fine-tune keeps them; a captioner of pixels cannot have them.
-    train_captioner(manifest, tmp_path / "kept", init=tmp_path / "lead", vae=vae, steps=1,
-                    batch=3, holdout=1, warmup=1, progress=False, precision="fp32")  # fmt: skip
-    assert Captioner.load(tmp_path / "kept").config.lead_images == 4
-    with pytest.raises(ValueError, match="lead-images"):
-        CaptionerTrainConfig(lead_images=4, pixels=64, patch=8)
-    with pytest.raises(ValueError, match="lead-images"):
-        CaptionerTrainConfig(lead_images=2)
 
 
 @pytest.mark.parametrize("patch", [(1, 2, 2), (1, 1, 1)])

@@ -7,11 +7,9 @@ An encoder-decoder transformer. The encoder reads the video as spacetime patches
 does), each with a fixed sinusoidal embedding of its (t, h, w) position, so clips of any size
 and length are read alike. It reads either the VAE's latents or, when `config.pixels` is set,
 the RGB frames themselves resized to a fixed shorter side (`PixelFrames`, which stands in for
-the VAE wherever a captioner's input is made), or, with `config.lead_images`, latents whose
-first frames are coded one by one (`LeadImages`, likewise); the decoder writes the caption
-autoregressively over a word-level vocabulary (`WordTokenizer`, built from the training
-captions) with cross-attention to the encoder's states. Greedy decoding, never naming one
-object twice (`_DistinctObjects`).
+the VAE wherever a captioner's input is made); the decoder writes the caption autoregressively over a
+word-level vocabulary (`WordTokenizer`, built from the training captions) with cross-attention
+to the encoder's states. Greedy decoding, never naming one object twice (`_DistinctObjects`).
 """
 
 from __future__ import annotations
@@ -120,19 +118,10 @@ class CaptionerConfig:
     # tells the encoder, object by object, what the caption's few words of it say. Captions
     # never read them.
     object_heads: bool = False
-    # Frames after frame 0 that the VAE codes one at a time, as images, instead of in its
-    # groups of 4 (`LeadImages`; a multiple of 4, 0: none). An object's start direction is
-    # its step from frame 0 to frame 1, which a group of 4 blurs with the steps after it
-    # (and with a bounce among them); frames 1-4 as images show each position as sharply as
-    # frame 0. Each latent frame keeps its time in groups of 4 (frame j at j / 4).
-    lead_images: int = 0
 
     def __post_init__(self) -> None:
         if self.width % self.heads or (self.width // 3) < 2:
             raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
-        if self.lead_images < 0 or self.lead_images % 4 or (self.lead_images and self.pixels):
-            raise ValueError(f"lead_images must be a multiple of 4 and reads latents, got "
-                             f"{self.lead_images} (pixels {self.pixels})")  # fmt: skip
         if self.stem and (self.patch[1] != self.patch[2] or self.patch[1] & (self.patch[1] - 1)):
             raise ValueError(f"a stem needs a square power-of-two patch, got {self.patch[1:]}")
 
@@ -180,68 +169,6 @@ class PixelFrames(nn.Module):
         """(`encode(video)`, log-variance -inf): exact, as the latent cache stores them."""
         x = self.encode(video)
         return x, torch.full_like(x, -torch.inf)
-
-
-@dataclass(frozen=True)
-class LeadImagesConfig:
-    vae: object  # the wrapped VAE's config
-    lead: int  # frames after frame 0 coded one by one
-    latent_channels: int
-
-
-class LeadImages(nn.Module):
-    """A VAE's latents with frames 1..`lead` each coded alone, as an image (as the VAE codes
-    frame 0), in place of the groups of 4 that hold them: what a captioner with
-    `lead_images` reads. `lead` is a multiple of 4, so the groups after it are the VAE's
-    own. It offers the calls the latent cache and the file reader make of a VAE."""
-
-    cache_label = "encode latents (first frames one by one)"
-
-    def __init__(self, vae: nn.Module, lead: int) -> None:
-        super().__init__()
-        if lead < 4 or lead % 4:
-            raise ValueError(f"lead must be a positive multiple of 4, got {lead}")
-        self.vae, self.lead = vae, lead
-        self.config = LeadImagesConfig(vae.config, lead, vae.config.latent_channels)
-
-    @property
-    def latent_shift(self) -> Tensor:
-        return self.vae.latent_shift
-
-    @property
-    def latent_scale(self) -> Tensor:
-        return self.vae.latent_scale
-
-    def _lead(self, frames: int) -> int:
-        return min(self.lead, frames - 1)
-
-    def latent_size(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
-        """(t, h, w) of what `encode` makes of a (frames, height, width) video."""
-        t, h, w = self.vae.latent_size(frames, height, width)
-        lead = self._lead(frames)
-        return t - lead // 4 + lead, h, w
-
-    def _with_lead(self, code, video: Tensor) -> list[Tensor]:
-        """`code` (a VAE method returning tensors B c t h w) of `video`, with frames
-        1..lead coded as images in place of their groups."""
-        whole = code(video)
-        lead = self._lead(video.shape[2])
-        if not lead:
-            return list(whole)
-        b = video.shape[0]
-        images = rearrange(video[:, :, 1 : 1 + lead], "b c t h w -> (b t) c 1 h w")
-        singles = [rearrange(x, "(b t) c 1 h w -> b c t h w", b=b) for x in code(images)]
-        return [torch.cat([x[:, :, :1], one, x[:, :, 1 + lead // 4 :]], dim=2)
-                for x, one in zip(whole, singles, strict=True)]  # fmt: skip
-
-    def encode(self, video: Tensor, **_) -> Tensor:
-        """Frames `B 3 T H W` in [-1, 1] -> normalised latents `B c t' h w`."""
-        return self._with_lead(lambda v: (self.vae.encode(v),), video)[0]
-
-    def moments(self, video: Tensor, **_) -> tuple[Tensor, Tensor]:
-        """Raw posterior (mean, log-variance), each `B c t' h w`."""
-        mean, logvar = self._with_lead(self.vae.moments, video)
-        return mean, logvar
 
 
 def spacetime_embedding(coords: Tensor, width: int) -> Tensor:
@@ -398,23 +325,11 @@ class Captioner(nn.Module):
             return self.config.max_latent_frames
         return 1 + 4 * (self.config.max_latent_frames - 1)  # the VAE codes 1, then groups of 4
 
-    def latent_frames_read(self) -> int:
-        """How many latent frames the encoder reads (the first ones)."""
-        lead = self.config.lead_images
-        return self.config.max_latent_frames + lead - lead // 4
-
-    def frame_times(self, frames: int) -> Tensor:
-        """The time of each of `frames` latent frames in the VAE's groups of 4: frame 0 at
-        0, the j-th group at j, and with `lead_images`, lead frame j at j / 4."""
-        times = torch.arange(frames, dtype=torch.float)
-        lead = min(self.config.lead_images, frames - 1)
-        return torch.where(times <= lead, times / 4, times - lead + lead // 4)
-
     def tokens_read(self, latent: Tensor) -> int:
         """How many tokens the encoder reads of a latent (c, t, h, w)."""
         pt, ph, pw = self.config.patch
         _, t, h, w = latent.shape
-        return -(-min(t, self.latent_frames_read()) // pt) * (h // ph) * (w // pw)
+        return -(-min(t, self.config.max_latent_frames) // pt) * (h // ph) * (w // pw)
 
     def encode(self, latents: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Encoder states (B, M, D) of latents (c, t, h, w) each, and their padding (B, M)."""
@@ -426,7 +341,7 @@ class Captioner(nn.Module):
                     f"this captioner reads {self.config.latent_channels}-channel latents, got "
                     f"{z.shape[0]}; encode with the VAE it was trained on ({self.meta.get('vae')})"
                 )
-            z = z[:, : self.latent_frames_read()]
+            z = z[:, : self.config.max_latent_frames]
             if z.shape[1] % pt:  # the last frame repeated to fill the last temporal patch
                 z = torch.cat([z, z[:, -1:].expand(-1, pt - z.shape[1] % pt, -1, -1)], dim=1)
             _, t, h, w = z.shape
@@ -437,9 +352,6 @@ class Captioner(nn.Module):
             grid = rearrange(z, "c (t a) (h b) (w e) -> (t h w) (a b e c)", a=pt, b=b, e=e)
             where = torch.stack(torch.meshgrid(torch.arange(t // pt), torch.arange(h // ph),
                                                torch.arange(w // pw), indexing="ij"), -1)  # fmt: skip
-            if self.config.lead_images:  # (t h w 3): times in groups of 4
-                where = where.float()
-                where[..., 0] = self.frame_times(t)[:, None, None]
             tokens.append(grid)
             coords.append(where.reshape(-1, 3).to(z.device))
         longest = max(len(x) for x in tokens)
@@ -531,7 +443,6 @@ __all__ = [
     "OBJECT_CLASSES",
     "Captioner",
     "CaptionerConfig",
-    "LeadImages",
     "PixelFrames",
     "WordTokenizer",
     "canvas_features",

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kinetoscope.captioner.model import Captioner, LeadImages, PixelFrames
+from kinetoscope.captioner.model import Captioner, PixelFrames
 from kinetoscope.data.dataset import native_size
 from kinetoscope.data.manifest import read_manifest, record_to_json
 from kinetoscope.io import VideoReadError, read_video, to_float
@@ -59,15 +59,13 @@ def fitted_latent(vae: VideoVAE, video: np.ndarray, frames: int) -> torch.Tensor
         return vae.encode(x)[0].float()
 
 
-def captioner_vae(captioner: Captioner) -> VideoVAE | LeadImages | PixelFrames:
+def captioner_vae(captioner: Captioner) -> VideoVAE | PixelFrames:
     """The VAE the captioner was trained on (its meta names it; the bundled world VAE else),
-    coding its first frames one by one if it reads them so (`LeadImages`), or the
-    `PixelFrames` of a captioner of pixels."""
+    or the `PixelFrames` of a captioner of pixels."""
     if captioner.config.pixels:
         return PixelFrames(captioner.config.pixels, captioner.config.patch[1])
     name = str(captioner.meta.get("vae", "world"))
-    vae = load_vae(BUNDLED.get(name, name))
-    return LeadImages(vae, captioner.config.lead_images) if captioner.config.lead_images else vae
+    return load_vae(BUNDLED.get(name, name))
 
 
 class FileCaptioner(Protocol):
@@ -87,9 +85,6 @@ class WorldCaptioner:
 
     def __init__(self, captioner: Captioner, vae: VideoVAE | None = None) -> None:
         self.captioner = captioner
-        lead = captioner.config.lead_images
-        if vae is not None and lead and not isinstance(vae, LeadImages):
-            vae = LeadImages(vae, lead)  # read as it was trained
         self.vae = vae or captioner_vae(captioner)
         self.frames = captioner.frames_read()
 

@@ -441,9 +441,6 @@ def _add_train_captioner(sub) -> None:
            "and --max-frames 17) instead of the VAE's latents; 0: latents", type=_count)  # fmt: skip
     option("stem", "with --pixels: channels of a convolutional stem over each frame (e.g. 32; "
            "0: none)", type=_count)  # fmt: skip
-    option("lead_images", "frames after frame 0 the VAE codes one by one, as images, not in "
-           "its groups of 4 (0, 4, 8, ...): sharper start motion; 0: none, or the --init's own",
-           type=_count)  # fmt: skip
     option("holdout", "clips at the manifest's end held out for the report", type=_count)
     option("pass_tokens", "padded encoder tokens a pass: a step's clips run sorted by length "
            "in passes of about this many, their gradients added", type=_positive_int,

@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from kinetoscope.captioner import Captioner, CaptionerConfig, PixelFrames, WordTokenizer
-from kinetoscope.captioner.model import OBJECT_CLASSES, LeadImages
-from kinetoscope.checkpoint import load_config, resolve_model_folder, save_json
+from kinetoscope.captioner.model import OBJECT_CLASSES
+from kinetoscope.checkpoint import load_config, save_json
 from kinetoscope.data.dataset import ClipDataset
 from kinetoscope.data.world import parse_caption
 from kinetoscope.data.world.captions import in_reading_order
@@ -63,7 +63,6 @@ RESUME_FIELDS = (
     "holdout",
     "pixels",
     "stem",
-    "lead_images",
 )
 ATTRIBUTES = ("count", "color", "shape", "size", "motion", "background", "region")
 _OBJECT_ATTRIBUTES = ("color", "shape", "size", "motion", "region")  # each a truth key too
@@ -106,9 +105,6 @@ class CaptionerTrainConfig:
     # Channels of a convolutional stem over each frame of a captioner of pixels (0: none; a
     # token's pixels then go through one linear layer): see `CaptionerConfig.stem`.
     stem: int = 0
-    # Frames after frame 0 that the VAE codes one by one as images (`CaptionerConfig.
-    # lead_images`; a multiple of 4). 0: none for a new captioner, the init's own with --init.
-    lead_images: int = 0
     max_area: int = 256 * 256  # as the DiT trainer's, so the two share the latent cache
     max_frames: int = 49  # as the world model's DiT run: the two then share latents
     holdout: int = 200  # last clips of the manifest, never trained on, for the report
@@ -141,10 +137,6 @@ class CaptionerTrainConfig:
         if self.encoder_layers < 0 or self.object_loss < 0:
             raise ValueError("encoder_layers and object_loss must be >= 0, got "
                              f"{self.encoder_layers} and {self.object_loss}")  # fmt: skip
-        if self.lead_images < 0 or self.lead_images % 4:
-            raise ValueError(f"--lead-images must be 0, 4, 8, ..., got {self.lead_images}")
-        if self.lead_images and self.pixels:
-            raise ValueError("--lead-images codes frames with the VAE: drop it or --pixels")
         if self.stem and not self.pixels:
             raise ValueError("a stem reads frames: pass --pixels as well as --stem")
         if self.pixels % self.patch:
@@ -234,8 +226,6 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
         vae_model = PixelFrames(config.pixels, config.patch).to(device)
     else:
         vae_model = load_vae("world" if vae is None else vae).to(device).requires_grad_(False)
-        if lead := _lead_images(run):
-            vae_model = LeadImages(vae_model, lead)
     dataset = ClipDataset(data, max_area=config.max_area, max_frames=config.max_frames,
                           caption_level=config.level, temporal_crop="start", seed=config.seed)  # fmt: skip
     precision = ddp.agree(resolve_precision(config.precision, device) if run.main else None)
@@ -403,17 +393,6 @@ def _object_targets(dataset: ClipDataset, index: int) -> list[tuple[float, float
     return found
 
 
-def _lead_images(run: Run) -> int:
-    """Frames 1..N the run's captioner reads one by one: its checkpoint's, else
-    `--lead-images`, else its init's."""
-    if run.checkpoint is not None:
-        return load_config(run.checkpoint / "model", CaptionerConfig).lead_images
-    if run.config.lead_images or run.config.init is None:
-        return run.config.lead_images
-    init = resolve_model_folder(Path(run.config.init).expanduser())
-    return load_config(init, CaptionerConfig).lead_images
-
-
 def _input_fields(config: CaptionerTrainConfig, vae: VideoVAE | PixelFrames) -> dict:
     """The `CaptionerConfig` fields of what a new captioner reads: `vae`'s latents in tokens
     of 1 x patch x patch, or frames (the first 17) in tokens of 2 x patch x patch pixels."""
@@ -421,7 +400,7 @@ def _input_fields(config: CaptionerTrainConfig, vae: VideoVAE | PixelFrames) -> 
     if config.pixels:
         return fields | {"max_latent_frames": 17, "patch": (2, config.patch, config.patch),
                          "stem": config.stem}  # fmt: skip
-    return fields | {"patch": (1, config.patch, config.patch), "lead_images": config.lead_images}
+    return fields | {"patch": (1, config.patch, config.patch)}
 
 
 def _captioner_to_fine_tune(config: CaptionerTrainConfig, captions: list[str],
@@ -460,20 +439,17 @@ def _captioner_to_fine_tune(config: CaptionerTrainConfig, captions: list[str],
 def _grown(model: Captioner, config: CaptionerTrainConfig, folder: str) -> Captioner:
     """`model` with what `config` adds to it: encoder layers up to `encoder_layers` (0: its
     own), appended after its own and each starting as the identity (pre-norm residual layers
-    whose attention and feed-forward outputs are zero), object heads if and only if
-    `object_loss` (they only train), and `lead_images` if asked. Either way it captions the
-    latents it reads exactly as before (with new lead images, it then reads other latents)."""
+    whose attention and feed-forward outputs are zero), and object heads if and only if
+    `object_loss` (they only train). Either way it captions exactly as before."""
     have = model.config.encoder_layers
     layers = config.encoder_layers or have
     if layers < have:
         raise ValueError(f"--init {folder} has {have} encoder layers; --encoder-layers "
                          f"{layers} cannot drop any (pass {have} or more)")  # fmt: skip
     heads = config.object_loss > 0
-    lead = config.lead_images or model.config.lead_images
-    if (layers, heads, lead) == (have, model.config.object_heads, model.config.lead_images):
+    if (layers, heads) == (have, model.config.object_heads):
         return model
-    grown = Captioner(replace(model.config, encoder_layers=layers, object_heads=heads,
-                              lead_images=lead)).train()  # fmt: skip
+    grown = Captioner(replace(model.config, encoder_layers=layers, object_heads=heads)).train()
     grown.load_state_dict(model.state_dict(), strict=False)
     for layer in grown.encoder.layers[have:]:
         for output in (layer.self_attn.out_proj, layer.linear2):
