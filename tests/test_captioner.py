@@ -15,13 +15,15 @@ from PIL import Image
 
 from kinetoscope.captioner import Captioner, CaptionerConfig, PixelFrames, WordTokenizer
 from kinetoscope.captioner.endpoint import EndpointCaptioner
-from kinetoscope.captioner.model import OBJECT_CLASSES, _DistinctObjects
+from kinetoscope.captioner.model import OBJECT_CLASSES, TRACK_FRAMES, _DistinctObjects
 from kinetoscope.captioner.run import GENERATED, fitted_latent, recaption
 from kinetoscope.cli import main
+from kinetoscope.data.dataset import ClipDataset
 from kinetoscope.data.manifest import read_manifest
 from kinetoscope.io import read_video, write_video
 from kinetoscope.train.captioner import (
     CaptionerTrainConfig,
+    _object_targets,
     _passes,
     caption_accuracy,
     train_captioner,
@@ -243,11 +245,12 @@ def test_init_grows_the_encoder_and_adds_object_heads_yet_captions_as_before(
     run = {"vae": vae, "steps": 1, "batch": 3, "holdout": 1, "warmup": 1, "precision": "fp32",
            "progress": False}  # fmt: skip
     train_captioner(manifest, tmp_path / "deeper", init=trained, lr=1e-9, encoder_layers=3,
-                    object_loss=1.0, **run)  # fmt: skip
+                    object_loss=1.0, track_loss=1.0, **run)  # fmt: skip
     before, after = Captioner.load(trained), Captioner.load(tmp_path / "deeper")
     assert (before.config.encoder_layers, after.config.encoder_layers) == (1, 3)
     assert after.config.decoder_layers == before.config.decoder_layers
     assert after.object_heads is not None and before.object_heads is None
+    assert after.track_head is not None and before.track_head is None
     latent = torch.randn(before.config.latent_channels, 3, 4, 6)
     (states, _), (grown, _) = before.encode([latent]), after.encode([latent])
     assert torch.allclose(states, grown, atol=1e-5)  # the new layers add nothing yet
@@ -255,7 +258,8 @@ def test_init_grows_the_encoder_and_adds_object_heads_yet_captions_as_before(
     assert len(list(after.encoder.parameters())) == 3 * len(list(before.encoder.parameters()))
     # Heads train only with their loss: a fine-tune without it drops them.
     train_captioner(manifest, tmp_path / "headless", init=tmp_path / "deeper", lr=1e-9, **run)
-    assert Captioner.load(tmp_path / "headless").object_heads is None
+    headless = Captioner.load(tmp_path / "headless")
+    assert headless.object_heads is None and headless.track_head is None
     with pytest.raises(ValueError, match="cannot drop any"):
         train_captioner(manifest, tmp_path / "shallower", init=tmp_path / "deeper",
                         encoder_layers=2, **run)  # fmt: skip
@@ -265,10 +269,11 @@ def test_object_heads_learn_each_object_where_it_starts(tiny_world, tmp_path):
     manifest, vae = tiny_world
     train_captioner(manifest, tmp_path / "heads", vae=vae, steps=60, batch=5, lr=3e-3,
                     warmup=5, width=64, layers=1, patch=1, holdout=1, object_loss=1.0,
-                    progress=False, precision="fp32")  # fmt: skip
+                    track_loss=1.0, progress=False, precision="fp32")  # fmt: skip
     rows = read_metrics(tmp_path / "heads")
-    first, last = rows[0]["object_loss"], np.mean([r["object_loss"] for r in rows[-5:]])
-    assert last < 0.25 * first, (first, last)
+    for loss in ("object_loss", "track_loss"):
+        first, last = rows[0][loss], np.mean([r[loss] for r in rows[-5:]])
+        assert last < 0.25 * first, (loss, first, last)
     # On the training clips, the colour head names each object at the token where it starts.
     model = Captioner.load(tmp_path / "heads")
     records = read_manifest(manifest)[:-1]
@@ -284,8 +289,31 @@ def test_object_heads_learn_each_object_where_it_starts(tiny_world, tmp_path):
             right += OBJECT_CLASSES["color"][color] == o["color"]
             named += 1
     assert right >= 0.8 * named, (right, named)
-    with pytest.raises(ValueError, match="object_loss must be >= 0"):
+    with pytest.raises(ValueError, match="object_loss and track_loss must be >= 0"):
         CaptionerTrainConfig(object_loss=-1)
+    with pytest.raises(ValueError, match="pass --object-loss too"):
+        CaptionerTrainConfig(track_loss=1)
+
+
+def test_object_targets_hold_each_objects_track_in_shorter_sides(tiny_world):
+    manifest, _ = tiny_world
+    dataset = ClipDataset(manifest, max_frames=9, temporal_crop="start")
+    for index, record in enumerate(dataset.records):
+        truth = json.loads(Path(record.truth).read_text())
+        short = min(truth["canvas"]["width"], truth["canvas"]["height"])
+        targets = _object_targets(dataset, index)
+        assert len(targets) == len(truth["objects"])
+        for (x, y, _, track), o, path in zip(targets, truth["objects"], truth["tracks"],
+                                              strict=True):  # fmt: skip
+            assert [x, y] == o["start"] == track[:2] and len(track) == 2 + 2 * TRACK_FRAMES
+            track = track[2:]
+            (x0, y0), *later = path["position"]
+            known = min(len(later), TRACK_FRAMES)
+            assert np.isnan(track[2 * known :]).all()  # past the clip's end
+            if known:  # frame k's displacement, as a fraction of the shorter side
+                dx, dy = track[2 * known - 2 : 2 * known]
+                assert dx == pytest.approx((later[known - 1][0] - x0) / short)
+                assert dy == pytest.approx((later[known - 1][1] - y0) / short)
 
 
 @pytest.mark.parametrize("patch", [(1, 2, 2), (1, 1, 1)])

@@ -46,6 +46,9 @@ OBJECT_CLASSES: dict[str, tuple[str, ...]] = {
     "motion": MOTIONS,
     "region": tuple(r for row in REGIONS for r in row),
 }
+# Frames after the first whose displacement the track head names: those of the first 5
+# latent frames (the VAE codes frame 0, then groups of 4).
+TRACK_FRAMES = 16
 
 
 class WordTokenizer:
@@ -118,12 +121,21 @@ class CaptionerConfig:
     # tells the encoder, object by object, what the caption's few words of it say. Captions
     # never read them.
     object_heads: bool = False
+    # With the object heads, one more that tracks each object from the token where it
+    # starts: where its centre starts, as fractions of the canvas, and its displacement from
+    # there at each of the next `TRACK_FRAMES` frames, in shorter sides (`--track-loss`). A
+    # motion word names the first direction, which in a crowded scene lasts a frame or two
+    # before a collision, and a start region is one of 9 cells; the track asks the encoder to
+    # place each object finely and follow it frame by frame, which the words never spell out.
+    track_head: bool = False
 
     def __post_init__(self) -> None:
         if self.width % self.heads or (self.width // 3) < 2:
             raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
         if self.stem and (self.patch[1] != self.patch[2] or self.patch[1] & (self.patch[1] - 1)):
             raise ValueError(f"a stem needs a square power-of-two patch, got {self.patch[1:]}")
+        if self.track_head and not self.object_heads:
+            raise ValueError("a track head reads the objects' start tokens: set object_heads")
 
 
 @dataclass(frozen=True)
@@ -307,6 +319,8 @@ class Captioner(nn.Module):
             nn.ModuleDict({name: nn.Linear(d, len(c)) for name, c in OBJECT_CLASSES.items()})
             if config.object_heads else None
         )  # fmt: skip
+        # (x, y) of the start, then (dx, dy) per frame
+        self.track_head = nn.Linear(d, 2 + 2 * TRACK_FRAMES) if config.track_head else None
         layer = dict(d_model=d, nhead=config.heads, dim_feedforward=4 * d, dropout=0.0,
                      batch_first=True, norm_first=True)  # fmt: skip
         self.encoder = nn.TransformerEncoder(
@@ -367,7 +381,8 @@ class Captioner(nn.Module):
                 objects: tuple[Tensor, Tensor] | None = None) -> Tensor | tuple[Tensor, dict]:  # fmt: skip
         """Next-token logits (B, S, V) for caption tokens (B, S) (teacher forcing); with
         `objects`, (clip, token) positions (N,) each, also the object heads' logits
-        {attribute: (N, classes)} at those encoder tokens."""
+        {attribute: (N, classes)} at those encoder tokens, and with a track head its
+        track {"track": (N, 2 + 2 * TRACK_FRAMES)} there."""
         memory, pad = self.encode(latents)
         logits = self._decode(tokens, memory, pad)
         if objects is None:
@@ -375,7 +390,10 @@ class Captioner(nn.Module):
         if self.object_heads is None:
             raise ValueError("this captioner has no object heads (train it with --object-loss)")
         states = memory[objects[0], objects[1]]  # (N, D)
-        return logits, {name: head(states) for name, head in self.object_heads.items()}
+        named = {name: head(states) for name, head in self.object_heads.items()}
+        if self.track_head is not None:
+            named["track"] = self.track_head(states)
+        return logits, named
 
     def object_token(self, latent: Tensor, x: float, y: float) -> int:
         """The encoder position of the first-frame token holding the point (x, y), fractions
@@ -441,6 +459,7 @@ class Captioner(nn.Module):
 
 __all__ = [
     "OBJECT_CLASSES",
+    "TRACK_FRAMES",
     "Captioner",
     "CaptionerConfig",
     "PixelFrames",

@@ -435,6 +435,9 @@ def _add_train_captioner(sub) -> None:
     option("object_loss", "weight of heads that name each object's attributes at the encoder "
            "token where it starts (world clips' truth files; 0: none), as caption words",
            type=float)  # fmt: skip
+    option("track_loss", "weight of a head that tracks each object over its next 16 frames "
+           "from the token where it starts (with --object-loss; 0: none), as caption words",
+           type=float)  # fmt: skip
     option("patch", "spatial patch side in latent pixels (1: 8-px tokens), or in pixels with "
            "--pixels", type=_positive_int)  # fmt: skip
     option("pixels", "read RGB frames resized to this shorter side (e.g. 64, with --patch 8 "

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from kinetoscope.captioner import Captioner, CaptionerConfig, PixelFrames, WordTokenizer
-from kinetoscope.captioner.model import OBJECT_CLASSES
+from kinetoscope.captioner.model import OBJECT_CLASSES, TRACK_FRAMES
 from kinetoscope.checkpoint import load_config, save_json
 from kinetoscope.data.dataset import ClipDataset
 from kinetoscope.data.world import parse_caption
@@ -57,6 +57,7 @@ RESUME_FIELDS = (
     "layers",
     "encoder_layers",
     "object_loss",
+    "track_loss",
     "patch",
     "max_area",
     "max_frames",
@@ -93,6 +94,12 @@ class CaptionerTrainConfig:
     # one word of about a hundred on an object's motion; the heads ask the encoder for every
     # object's attributes at the token where it starts.
     object_loss: float = 0.0
+    # Weight of the track head's loss (`CaptionerConfig.track_head`; 0: none; needs the
+    # object heads): each object's start point and displacement at each of its next 16
+    # frames, named at the token where it starts, weigh as this many caption words. Motion
+    # words name the first direction only, which in crowded scenes a collision soon hides; the
+    # track asks the encoder to place every object and follow it frame by frame.
+    track_loss: float = 0.0
     # Spatial patch side in latent pixels: 2 reads 16x16-pixel tokens as the DiT's mini
     # preset does; 1 reads 8x8-pixel ones (4x the tokens), which made the DiT learn colour,
     # shape and size faster per minute (mini-fine); not yet measured for the captioner.
@@ -134,9 +141,12 @@ class CaptionerTrainConfig:
             raise ValueError("batch, width, layers, patch and pass_tokens must be at least 1")
         if self.holdout < 0:
             raise ValueError(f"holdout must be >= 0, got {self.holdout}")
-        if self.encoder_layers < 0 or self.object_loss < 0:
-            raise ValueError("encoder_layers and object_loss must be >= 0, got "
-                             f"{self.encoder_layers} and {self.object_loss}")  # fmt: skip
+        if min(self.encoder_layers, self.object_loss, self.track_loss) < 0:
+            raise ValueError("encoder_layers, object_loss and track_loss must be >= 0, got "
+                             f"{self.encoder_layers}, {self.object_loss} and {self.track_loss}")  # fmt: skip
+        if self.track_loss and not self.object_loss:
+            raise ValueError("--track-loss trains a head beside the object heads: pass "
+                             "--object-loss too")  # fmt: skip
         if self.stem and not self.pixels:
             raise ValueError("a stem reads frames: pass --pixels as well as --stem")
         if self.pixels % self.patch:
@@ -253,7 +263,7 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
         model = Captioner(CaptionerConfig(
             vocab=tokenizer.vocab, width=config.width,
             encoder_layers=config.encoder_layers or config.layers,
-            object_heads=config.object_loss > 0,
+            object_heads=config.object_loss > 0, track_head=config.track_loss > 0,
             decoder_layers=config.layers, canvas_features=True,
             **_input_fields(config, vae_model)))  # fmt: skip
     net = run.attach(model.to(device).train(), precision=precision)
@@ -284,21 +294,23 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
         # repeats its last pass at weight 0.
         count = int(ddp.all_reduce(torch.tensor(len(passes), device=device), "max"))
         heads = None
-        if objects is not None:  # (token, classes) of each object of each clip
-            heads = [[(model.object_token(z, x, y), classes) for x, y, classes in objects[i]]
+        if objects is not None:  # (token, classes, track) of each object of each clip
+            heads = [[(model.object_token(z, x, y), *targets) for x, y, *targets in objects[i]]
                      for z, i in zip(clips, mine, strict=True)]  # fmt: skip
-        total, object_total = backward_in_passes(
+        total, head_totals = backward_in_passes(
             net, clips, batch, passes, count, ddp.world_size / words, autocast,
-            objects=heads, object_weight=config.object_loss,
+            objects=heads, object_weight=config.object_loss, track_weight=config.track_loss,
         )  # fmt: skip
         loss = float(ddp.all_reduce(total.double())) / words
         run.update(math.isfinite(loss))
         row = {"clips": len(chosen)}
-        if objects is not None:  # the heads' mean loss per object attribute
-            named = ddp.all_reduce(torch.tensor(float(sum(map(len, heads))), device=device))
-            row["object_loss"] = float(ddp.all_reduce(object_total.double())) / max(
-                1.0, float(named) * len(OBJECT_CLASSES)
-            )
+        if objects is not None:  # the heads' mean loss per object attribute (and track)
+            named = max(1.0, float(ddp.all_reduce(torch.tensor(float(sum(map(len, heads))),
+                                                                device=device))))  # fmt: skip
+            object_total, track_total = (float(ddp.all_reduce(x.double())) for x in head_totals)
+            row["object_loss"] = object_total / (named * len(OBJECT_CLASSES))
+            if config.track_loss:
+                row["track_loss"] = track_total / named
         run.log(run.end_step(loss, row))
         run.save_if_due()
 
@@ -326,18 +338,20 @@ def _passes(lengths: list[int], budget: int) -> list[list[int]]:
 def backward_in_passes(net: nn.Module, clips: list[torch.Tensor], batch: torch.Tensor,
                        passes: list[list[int]], count: int, scale: float,
                        autocast: contextlib.AbstractContextManager,
-                       objects: list[list[tuple[int, list[int]]]] | None = None,
-                       object_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+                       objects: list[list[tuple[int, list[int], list[float]]]] | None = None,
+                       object_weight: float = 0.0, track_weight: float = 0.0,
+                       ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
     """Forward and backward of a step's `clips` (latents) and caption tokens `batch` (B, S) in
     `passes` (`_passes`), each pass's summed word loss times `scale` (backward adds the
     gradients). With `objects`, each clip's (encoder token, class per `OBJECT_CLASSES`, -1:
-    none) of every object, the object heads' summed loss times `object_weight` is added.
+    none; track per `_object_targets`) of every object, the object heads' summed loss times
+    `object_weight` is added, and with a track head its summed loss times `track_weight`.
     Runs `count` passes, repeating the last at weight 0 past `len(passes)`, so every rank
     runs as many; gradients are reduced over ranks on the last. Returns the summed word loss
-    and object loss, detached."""
+    and (object loss, track loss), detached."""
     targets = batch[:, 1:]
     total = torch.zeros((), device=batch.device)
-    object_total = torch.zeros((), device=batch.device)
+    head_totals = torch.zeros(2, device=batch.device)
     for k in range(count):
         rows, live = passes[min(k, len(passes) - 1)], k < len(passes)
         where = None if objects is None else _object_batch(objects, rows, batch.device)
@@ -348,48 +362,73 @@ def backward_in_passes(net: nn.Module, clips: list[torch.Tensor], batch: torch.T
             part = nn.functional.cross_entropy(logits.float().flatten(0, 1),
                                                targets[rows].flatten(), ignore_index=0,
                                                reduction="sum") * live  # fmt: skip
-            heads = _object_loss(named, where[1]) * live if named else torch.zeros_like(part)
-            ((part + object_weight * heads) * scale).backward()
+            losses = _object_loss(named, *where[1:]) * live if named else head_totals * 0
+            ((part + object_weight * losses[0] + track_weight * losses[1]) * scale).backward()
         total += part.detach()
-        object_total += heads.detach()
-    return total, object_total
+        head_totals += losses.detach()
+    return total, (head_totals[0], head_totals[1])
 
 
-def _object_loss(named: dict[str, torch.Tensor], classes: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of the object heads' logits {attribute: (N, classes)} against
-    `classes` (N, attributes in `OBJECT_CLASSES` order; -1 is ignored)."""
-    return sum(
+# The track loss is a Huber loss with this knee, in shorter sides, divided by it: an object
+# whose track is off by this much costs about as much as a word the decoder was unsure of.
+_TRACK_KNEE = 0.05
+
+
+def _object_loss(named: dict[str, torch.Tensor], classes: torch.Tensor,
+                 tracks: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """(Summed cross-entropy of the object heads' logits {attribute: (N, classes)} against
+    `classes` (N, attributes in `OBJECT_CLASSES` order; -1 is ignored), summed track loss of
+    each object (`_TRACK_KNEE`: the mean over its known values; 0 without a "track" head)
+    against `tracks` (N, 2 + 2 * TRACK_FRAMES; NaN: unknown))."""
+    class_loss = sum(
         nn.functional.cross_entropy(
             named[name].float(), classes[:, a], ignore_index=-1, reduction="sum"
         )
         for a, name in enumerate(OBJECT_CLASSES)
     )
+    track_loss = torch.zeros_like(class_loss)
+    if "track" in named:
+        known = ~tracks.isnan()  # (N, 2F)
+        error = nn.functional.smooth_l1_loss(named["track"].float(), tracks.nan_to_num(),
+                                             beta=_TRACK_KNEE, reduction="none")  # fmt: skip
+        per_object = (error * known).sum(-1) / known.sum(-1).clamp(min=1) / _TRACK_KNEE
+        track_loss = per_object.sum()
+    return torch.stack([class_loss, track_loss])
 
 
-def _object_batch(objects: list[list[tuple[int, list[int]]]], rows: list[int],
-                  device: torch.device) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:  # fmt: skip
-    """((clip in pass, token) positions (N,) each, classes (N, attributes)) of the objects of
-    clips `rows`."""
-    found = [(r, token, classes) for r, j in enumerate(rows) for token, classes in objects[j]]
-    if not found:  # no objects in this pass: one position, every class ignored
-        found = [(0, 0, [-1] * len(OBJECT_CLASSES))]
-    clip, token, classes = zip(*found, strict=True)
+def _object_batch(objects: list[list[tuple[int, list[int], list[float]]]], rows: list[int],
+                  device: torch.device,
+                  ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]:  # fmt: skip
+    """((clip in pass, token) positions (N,) each, classes (N, attributes), tracks (N, 2 + 2 *
+    TRACK_FRAMES)) of the objects of clips `rows`."""
+    found = [(r, token, classes, track)
+             for r, j in enumerate(rows) for token, classes, track in objects[j]]  # fmt: skip
+    if not found:  # no objects in this pass: one position, every class and track unknown
+        found = [(0, 0, [-1] * len(OBJECT_CLASSES), [math.nan] * (2 + 2 * TRACK_FRAMES))]
+    clip, token, classes, tracks = zip(*found, strict=True)
     positions = (torch.tensor(clip, device=device), torch.tensor(token, device=device))
-    return positions, torch.tensor(classes, device=device)
+    return positions, torch.tensor(classes, device=device), torch.tensor(tracks, device=device)
 
 
-def _object_targets(dataset: ClipDataset, index: int) -> list[tuple[float, float, list[int]]]:
-    """(x, y, class per `OBJECT_CLASSES`) of each object of clip `index`: where its centre
-    starts, as fractions of the canvas, and its attributes (motion -1, none, in an image)."""
+def _object_targets(dataset: ClipDataset,
+                    index: int) -> list[tuple[float, float, list[int], list[float]]]:  # fmt: skip
+    """(x, y, class per `OBJECT_CLASSES`, track) of each object of clip `index`: where its
+    centre starts, as fractions of the canvas, its attributes (motion -1, none, in an image)
+    and its track: (x, y) again, then (dx, dy) of its centre from there at each of the next
+    `TRACK_FRAMES` frames, in shorter sides (NaN past the clip's end)."""
     record = dataset.records[index]
     if record.truth is None:
         raise ValueError(f"--object-loss reads world clips' truth files; {record.path} has none")
     truth = json.loads(Path(record.truth).read_text())
+    short = min(truth["canvas"]["width"], truth["canvas"]["height"])
     found = []
-    for o in truth["objects"]:
+    for o, track in zip(truth["objects"], truth["tracks"], strict=True):
         classes = [names.index(o[name]) if name != "motion" or truth["frames"] > 1 else -1
                    for name, names in OBJECT_CLASSES.items()]  # fmt: skip
-        found.append((*o["start"], classes))
+        (x0, y0), *later = track["position"][: 1 + TRACK_FRAMES]
+        moved = [((x - x0) / short, (y - y0) / short) for x, y in later]
+        moved += [(math.nan, math.nan)] * (TRACK_FRAMES - len(moved))
+        found.append((*o["start"], classes, [*o["start"], *(v for xy in moved for v in xy)]))
     return found
 
 
@@ -439,17 +478,19 @@ def _captioner_to_fine_tune(config: CaptionerTrainConfig, captions: list[str],
 def _grown(model: Captioner, config: CaptionerTrainConfig, folder: str) -> Captioner:
     """`model` with what `config` adds to it: encoder layers up to `encoder_layers` (0: its
     own), appended after its own and each starting as the identity (pre-norm residual layers
-    whose attention and feed-forward outputs are zero), and object heads if and only if
-    `object_loss` (they only train). Either way it captions exactly as before."""
+    whose attention and feed-forward outputs are zero), object heads if and only if
+    `object_loss` and a track head if and only if `track_loss` (they only train). Either way
+    it captions exactly as before."""
     have = model.config.encoder_layers
     layers = config.encoder_layers or have
     if layers < have:
         raise ValueError(f"--init {folder} has {have} encoder layers; --encoder-layers "
                          f"{layers} cannot drop any (pass {have} or more)")  # fmt: skip
-    heads = config.object_loss > 0
-    if (layers, heads) == (have, model.config.object_heads):
+    heads, track = config.object_loss > 0, config.track_loss > 0
+    if (layers, heads, track) == (have, model.config.object_heads, model.config.track_head):
         return model
-    grown = Captioner(replace(model.config, encoder_layers=layers, object_heads=heads)).train()
+    grown = Captioner(replace(model.config, encoder_layers=layers, object_heads=heads,
+                              track_head=track)).train()  # fmt: skip
     grown.load_state_dict(model.state_dict(), strict=False)
     for layer in grown.encoder.layers[have:]:
         for output in (layer.self_attn.out_proj, layer.linear2):
