@@ -23,6 +23,7 @@ from kinetoscope.data.manifest import read_manifest
 from kinetoscope.io import read_video, write_video
 from kinetoscope.train.captioner import (
     CaptionerTrainConfig,
+    _object_loss,
     _object_targets,
     _passes,
     caption_accuracy,
@@ -314,6 +315,27 @@ def test_object_targets_hold_each_objects_track_in_shorter_sides(tiny_world):
                 dx, dy = track[2 * known - 2 : 2 * known]
                 assert dx == pytest.approx((later[known - 1][0] - x0) / short)
                 assert dy == pytest.approx((later[known - 1][1] - y0) / short)
+
+
+def test_the_track_loss_weighs_a_miss_by_the_frames_it_took():
+    # A miss of d at frame 1 is a miss of d in velocity; at frame 16 it is d / 16 a frame, so
+    # the first steps, which a motion word names, pull as much as the far ones.
+    known = torch.zeros(1, 2 + 2 * TRACK_FRAMES)
+    classes = torch.full((1, len(OBJECT_CLASSES)), -1)
+    named = {name: torch.zeros(1, len(names)) for name, names in OBJECT_CLASSES.items()}
+
+    def loss_of_a_miss_at(value: int) -> float:
+        named["track"] = known.clone()
+        named["track"][0, value] = 0.1
+        return float(_object_loss(named, classes, known)[1])
+
+    start, first, last = (loss_of_a_miss_at(v) for v in (0, 2, 2 * TRACK_FRAMES))
+    assert start == pytest.approx(first) and last < first / 8 and last > 0
+    unknown = known.clone()
+    unknown[0, 2:] = float("nan")  # past the clip's end: not counted
+    named["track"] = known.clone()
+    named["track"][0, 2 * TRACK_FRAMES] = 0.1
+    assert float(_object_loss(named, classes, unknown)[1]) == 0.0
 
 
 @pytest.mark.parametrize("patch", [(1, 2, 2), (1, 1, 1)])

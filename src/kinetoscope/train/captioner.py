@@ -369,16 +369,23 @@ def backward_in_passes(net: nn.Module, clips: list[torch.Tensor], batch: torch.T
     return total, (head_totals[0], head_totals[1])
 
 
-# The track loss is a Huber loss with this knee, in shorter sides, divided by it: an object
-# whose track is off by this much costs about as much as a word the decoder was unsure of.
-_TRACK_KNEE = 0.05
+# The track loss compares each frame's displacement divided by its frame number (the mean
+# velocity since the start, in shorter sides a frame), so the first steps, which a motion word
+# names, weigh as much as the far ones, whose errors grow with the distance. It is a Huber loss
+# with this knee (a third of a typical frame's move), divided by it: an object whose track is
+# off by this much costs about as much as a word the decoder was unsure of.
+_TRACK_KNEE = 0.02
+_TRACK_STEPS = torch.tensor(
+    [1.0, 1.0] + [float(k) for k in range(1, TRACK_FRAMES + 1) for _ in "xy"]
+)
 
 
 def _object_loss(named: dict[str, torch.Tensor], classes: torch.Tensor,
                  tracks: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """(Summed cross-entropy of the object heads' logits {attribute: (N, classes)} against
     `classes` (N, attributes in `OBJECT_CLASSES` order; -1 is ignored), summed track loss of
-    each object (`_TRACK_KNEE`: the mean over its known values; 0 without a "track" head)
+    each object (`_TRACK_KNEE`: the mean over its known values, each frame's displacement divided
+    by its frame number; 0 without a "track" head)
     against `tracks` (N, 2 + 2 * TRACK_FRAMES; NaN: unknown))."""
     class_loss = sum(
         nn.functional.cross_entropy(
@@ -388,8 +395,10 @@ def _object_loss(named: dict[str, torch.Tensor], classes: torch.Tensor,
     )
     track_loss = torch.zeros_like(class_loss)
     if "track" in named:
-        known = ~tracks.isnan()  # (N, 2F)
-        error = nn.functional.smooth_l1_loss(named["track"].float(), tracks.nan_to_num(),
+        known = ~tracks.isnan()  # (N, 2 + 2F)
+        steps = _TRACK_STEPS.to(tracks.device)  # (2 + 2F,): 1 for the start, then k at frame k
+        error = nn.functional.smooth_l1_loss(named["track"].float() / steps,
+                                             tracks.nan_to_num() / steps,
                                              beta=_TRACK_KNEE, reduction="none")  # fmt: skip
         per_object = (error * known).sum(-1) / known.sum(-1).clamp(min=1) / _TRACK_KNEE
         track_loss = per_object.sum()
