@@ -29,6 +29,7 @@ from kinetoscope.train.captioner import (
     caption_accuracy,
     train_captioner,
 )
+from kinetoscope.train.latents import LatentCache
 from kinetoscope.vae import load_vae
 from ranks import read_metrics, run_two_ranks
 
@@ -237,6 +238,19 @@ def test_init_fine_tunes_a_trained_captioner_and_refuses_one_that_lacks_the_word
     narrow.save(tmp_path / "narrow")
     with pytest.raises(ValueError, match="does not know the words"):
         train_captioner(manifest, tmp_path / "refused", init=tmp_path / "narrow", **run)
+
+
+def test_a_bf16_run_caches_the_fp32_latents_that_caption_reads(trained, tiny_world, tmp_path):
+    manifest, vae = tiny_world
+    train_captioner(manifest, tmp_path / "half", init=trained, vae=vae, steps=1, batch=3,
+                    holdout=1, warmup=1, precision="bf16", progress=False)  # fmt: skip
+    config = CaptionerTrainConfig()
+    dataset = ClipDataset(manifest, max_area=config.max_area, max_frames=config.max_frames,
+                          temporal_crop="start")  # fmt: skip
+    cached = LatentCache(dataset, load_vae(vae), tmp_path / "half" / "cache" / "latents")
+    fresh = LatentCache(dataset, load_vae(vae), tmp_path / "fresh")
+    assert all(cached.has(i) for i in range(len(dataset)))  # under fp32 keys
+    assert fresh.encode(0) and torch.equal(cached.load(0), fresh.load(0))
 
 
 def test_init_grows_the_encoder_and_adds_object_heads_yet_captions_as_before(

@@ -3,13 +3,13 @@
     train_captioner("world/manifest.jsonl", "runs/captioner", steps=3000)
     torchrun --nproc_per_node=2 -m kinetoscope train-captioner ...   # the same loop, DDP
 
-The clips are encoded once by the frozen VAE into the latent cache the DiT trainer uses (share
-it with `cache=`; each rank encodes a share), and the captioner learns the `level` captions (the
-long ones by default: every object's size, colour, shape, start region and motion, and the
-background) by next-word cross-entropy. A step draws `batch` training clips from (seed, step),
-whatever the world size (rank r takes those at r, r + world_size, ...); its loss is the mean
-over the caption words of the whole batch. The last `holdout` clips are never trained on: at
-the end the trained model captions them, the world's caption parser reads each caption back,
+The clips are encoded once by the frozen VAE, in fp32, into the latent cache the DiT trainer
+uses (share it with `cache=`; each rank encodes a share), and the captioner learns the `level`
+captions (the long ones by default: every object's size, colour, shape, start region and motion,
+and the background) by next-word cross-entropy. A step draws `batch` training clips from (seed,
+step), whatever the world size (rank r takes those at r, r + world_size, ...); its loss is the
+mean over the caption words of the whole batch. The last `holdout` clips are never trained on:
+at the end the trained model captions them, the world's caption parser reads each caption back,
 and the report gives the accuracy of every attribute against the clips' ground truth
 (`caption_accuracy`).
 
@@ -239,7 +239,9 @@ def _train(run: Run, data: Path, vae: str | os.PathLike | None, cache: Path, sto
     dataset = ClipDataset(data, max_area=config.max_area, max_frames=config.max_frames,
                           caption_level=config.level, temporal_crop="start", seed=config.seed)  # fmt: skip
     precision = ddp.agree(resolve_precision(config.precision, device) if run.main else None)
-    latents = LatentCache(dataset, vae_model, cache / "latents", precision)
+    # Latents are encoded in fp32 whatever the run's precision: `caption` reads fp32 latents,
+    # and no diffusion noise hides the 1% that bf16 encoding changes.
+    latents = LatentCache(dataset, vae_model, cache / "latents", "fp32")
     cached = latents.fill_over_ranks(ddp, device, run.progress)
     if len(cached) <= config.holdout:
         raise ValueError(f"{len(cached)} clips cached; need more than --holdout {config.holdout}")

@@ -165,8 +165,7 @@ class LatentCache:
     ) -> list[int]:
         """Encode every clip of `indices` (default: all) that is not cached; return those cached.
 
-        The VAE runs in eval mode in fp32 (latents are stored once and reused for the whole
-        run, so they get the precise path).
+        The VAE runs in eval mode, in fp32 or under bf16 autocast as `precision` says.
         """
         indices = list(range(len(self.dataset))) if indices is None else indices
         self.vae.eval()
