@@ -332,8 +332,8 @@ def test_object_targets_hold_each_objects_track_in_shorter_sides(tiny_world):
 
 
 def test_the_track_loss_weighs_a_miss_by_the_frames_it_took():
-    # A miss of d at frame 1 is a miss of d in velocity; at frame 16 it is d / 16 a frame, so
-    # the first steps, which a motion word names, pull as much as the far ones.
+    # A miss of d at frame 1 is a miss of d in velocity; at frame 16 it is d / 16 a frame, so a
+    # miss at the first step, which a motion word names, costs as much as 16 times it at frame 16.
     known = torch.zeros(1, 2 + 2 * TRACK_FRAMES)
     classes = torch.full((1, len(OBJECT_CLASSES)), -1)
     named = {name: torch.zeros(1, len(names)) for name, names in OBJECT_CLASSES.items()}
